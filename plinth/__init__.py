@@ -1,0 +1,55 @@
+"""Plinth: a workbench for foundation models.
+
+The Python API mirrors the CLI verbs; each takes the same typed config the CLI builds:
+
+    import plinth
+    from plinth.config import PretrainConfig
+    summary = plinth.pretrain(PretrainConfig())
+    lm = plinth.load("runs/quickstart")
+    print(lm.generate("Fellow citizens", max_new_tokens=40))
+    print(plinth.evaluate(lm, "my_text.txt"))
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# Imported on first use: `import plinth` stays fast, and the CLI's --help does not pay for torch.
+_LAZY = {
+    "pretrain": ("plinth.training.lm", "pretrain"),
+    "quickstart": ("plinth.training.quickstart", "quickstart"),
+    "prepare": ("plinth.data.ingest", "prepare"),
+    "train_tokenizer": ("plinth.data.tokenizer", "train_tokenizer"),
+    "tokenize": ("plinth.data.shards", "write_shards"),
+    "load": ("plinth.evaluate.language_model", "LanguageModel.load"),
+    "LanguageModel": ("plinth.evaluate.language_model", "LanguageModel"),
+    "Tokenizer": ("plinth.data.tokenizer", "Tokenizer"),
+    "PlinthError": ("plinth.common", "PlinthError"),
+}
+
+__all__ = sorted([*_LAZY, "evaluate", "config"])
+
+if TYPE_CHECKING:
+    from plinth.common import PlinthError  # noqa: F401
+    from plinth.data.ingest import prepare  # noqa: F401
+    from plinth.data.shards import write_shards as tokenize  # noqa: F401
+    from plinth.data.tokenizer import Tokenizer, train_tokenizer  # noqa: F401
+    from plinth.evaluate.language_model import LanguageModel  # noqa: F401
+    from plinth.training.lm import pretrain  # noqa: F401
+    from plinth.training.quickstart import quickstart  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name == "evaluate":
+        return importlib.import_module("plinth.evaluate")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'plinth' has no attribute {name!r}")
+    module_name, attr = _LAZY[name]
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj

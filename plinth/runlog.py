@@ -1,0 +1,157 @@
+"""What a run records about itself: metrics JSONL, TensorBoard events, progress bars, hardware peak FLOP/s."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from plinth.common import atomic_write_bytes
+
+
+class MetricsLog:
+    """Append-only `metrics.jsonl` plus TensorBoard events in `run_dir/tb`.
+
+    On resume the JSONL is truncated to the rows at or before the checkpoint's step, so a resumed run's log reads as
+    if it had never stopped.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, resume_step: int | None = None, tensorboard: bool = True) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._truncate(resume_step)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
+
+    def _truncate(self, resume_step: int | None) -> None:
+        if not self.path.exists():
+            return
+        if resume_step is None:
+            atomic_write_bytes(self.path, b"")
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if row.get("step", 0) <= resume_step:
+                kept.append(line)
+        atomic_write_bytes(self.path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+    def log(self, step: int, **metrics: Any) -> None:
+        """Write one row (and each numeric value as a TensorBoard scalar)."""
+        # Non-finite floats become null: NaN/Infinity are not JSON and break other readers.
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        row = {"step": step, "time": round(time.time(), 3), **clean}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        """Flush and close both sinks."""
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """All rows of a run's metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def progress_bar(enabled: bool = True, console: Console | None = None) -> Progress:
+    """A rich progress bar with step count, rate-derived ETA and a free-text field for live metrics."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    )
+
+
+_PEAK_CACHE: dict[tuple[str, str], float] = {}
+
+
+def measured_peak_flops(device: torch.device, precision: str = "fp32", size: int = 1024, seconds: float = 0.3) -> float:
+    """Measure this device's dense matmul FLOP/s at `precision` (the denominator of MFU); cached per process.
+
+    CPUs have no spec-sheet peak we can read portably, so MFU here means "fraction of the matmul rate this machine
+    reaches on a large square GEMM", the practical ceiling for a training step.
+    """
+    key = (str(device), precision)
+    if key in _PEAK_CACHE:
+        return _PEAK_CACHE[key]
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    n, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        n += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and n >= 3:
+            break
+    _PEAK_CACHE[key] = 2 * size**3 * n / elapsed
+    return _PEAK_CACHE[key]
+
+
+def plot_loss_curve(rows: list[dict], path: str | os.PathLike, title: str = "loss") -> Path:
+    """Save a PNG of train (and validation, when present) loss against tokens seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r.get("tokens", r["step"]), r["loss"]) for r in rows if "loss" in r]
+    val = [(r.get("tokens", r["step"]), r["val_loss"]) for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    if train:
+        ax.plot(*zip(*train), label="train", lw=1.2)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation", lw=1.5)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
