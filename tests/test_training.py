@@ -47,7 +47,9 @@ def test_golden_four_step_loss_curve(tiny_data, tmp_path):
 
 
 def test_run_folder_is_self_describing(tiny_data, tmp_path):
+    started = time.perf_counter()
     summary = pretrain(tiny_config(tiny_data, tmp_path / "run", keep_checkpoints=2))
+    assert 0 < summary["wall_s"] <= time.perf_counter() - started
     ckpts = list_checkpoints(tmp_path / "run")
     assert [c.name for c in ckpts] == ["step_00000006", "step_00000008"]  # keeps the newest two
     files = {p.name for p in ckpts[-1].iterdir()}

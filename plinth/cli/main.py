@@ -70,8 +70,10 @@ def generate_cmd(cfg: GenerateConfig) -> int:
     opts = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                 seed=cfg.seed)
     if cfg.stream and len(cfg.prompts) == 1:
-        sys.stdout.write(cfg.prompts[0])
-        for pieces in lm.stream(cfg.prompts, **opts):
+        steps = lm.stream(cfg.prompts, **opts)
+        first = next(steps, [""])  # argument errors surface here, before the prompt is echoed
+        sys.stdout.write(cfg.prompts[0] + first[0])
+        for pieces in steps:
             sys.stdout.write(pieces[0])
             sys.stdout.flush()
         sys.stdout.write("\n")

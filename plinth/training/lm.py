@@ -158,8 +158,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         return save_checkpoint(run_dir, step, model, optimizer, run_state, cfg.data.tokenizer, tc.keep_checkpoints)
 
     status, last_val = "completed", {}
-    session_start = time.perf_counter()
-    window_start, window_tokens = time.perf_counter(), 0
+    session_start, elapsed_before = time.perf_counter(), state["elapsed_s"]
+    window_train_s, window_tokens = 0.0, 0  # throughput counts training steps only, not evaluation or checkpoints
     model.train()
     with _stop_on_signals() as stop, progress_bar(tc.progress) as bar:
         task = bar.add_task("pretrain", total=tc.max_steps, completed=step0, info="")
@@ -168,8 +168,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             lr = lr_at(step, tc.lr, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            step_start = time.perf_counter()
             loss_sum, grad_norm, applied = train_step(fwd, model, optimizer, sampler.next_batch, tc.grad_accum,
                                                       device, precision, tc.grad_clip)
+            window_train_s += time.perf_counter() - step_start
             step += 1
             if applied:
                 state["bad_steps"] = 0
@@ -185,15 +187,14 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             state["step"], state["tokens"] = step, state["tokens"] + tokens_per_step
             window_tokens += tokens_per_step
             if step % tc.log_every == 0 or step == tc.max_steps:
-                now = time.perf_counter()
-                tok_s = window_tokens / max(now - window_start, 1e-9)
+                tok_s = window_tokens / max(window_train_s, 1e-9)
                 mfu = flops_per_token * tok_s / peak
-                window_start, window_tokens = now, 0
+                window_train_s, window_tokens = 0.0, 0
                 log.log(step, loss=loss_sum, lr=lr, grad_norm=grad_norm, tokens=state["tokens"], tok_per_s=tok_s,
                         mfu=mfu)
                 bar.update(task, info=f"loss {loss_sum:.3f} | {human_count(tok_s)} tok/s | MFU {mfu:.1%}")
             bar.update(task, completed=step)
-            elapsed = state["elapsed_s"] + time.perf_counter() - session_start
+            elapsed = elapsed_before + time.perf_counter() - session_start
             out_of_time = tc.max_minutes > 0 and elapsed >= tc.max_minutes * 60
             last_step = step == tc.max_steps or out_of_time or stop["signal"] is not None
             if val_shards is not None and ((tc.eval_every and step % tc.eval_every == 0) or last_step):
