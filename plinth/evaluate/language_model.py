@@ -85,5 +85,9 @@ class LanguageModel:
     def evaluate(self, data: str | os.PathLike | Iterable[str], field: str = "text", batch_size: int = 8,
                  max_tokens: int = 0) -> dict[str, float]:
         """Loss, perplexity and bits per byte on a file/folder (text, JSONL, Parquet) or an iterable of strings."""
-        texts = read_texts(data, field=field) if isinstance(data, (str, os.PathLike)) else data
-        return evaluate_texts(self.model, self.tokenizer, texts, self.config.seq_len, batch_size, max_tokens)
+        if isinstance(data, (str, os.PathLike)):
+            texts, source = read_texts(data, field=field), f"{data} (text field {field!r})"
+        else:
+            texts, source = data, "the given texts"
+        return evaluate_texts(self.model, self.tokenizer, texts, self.config.seq_len, batch_size, max_tokens,
+                              source=source)

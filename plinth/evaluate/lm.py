@@ -64,7 +64,7 @@ def text_windows(token_ids: np.ndarray, seq_len: int, batch_size: int) -> Iterat
 
 
 def evaluate_texts(model: torch.nn.Module, tokenizer, texts: Iterable[str], seq_len: int, batch_size: int = 8,
-                   max_tokens: int = 0, precision: str = "fp32") -> dict[str, float]:
+                   max_tokens: int = 0, precision: str = "fp32", source: str = "the input") -> dict[str, float]:
     """Score documents (joined by the tokenizer's end-of-text token, as in training) with `model`."""
     ids: list[int] = []
     docs = 0
@@ -76,7 +76,7 @@ def evaluate_texts(model: torch.nn.Module, tokenizer, texts: Iterable[str], seq_
             ids = ids[: max_tokens + 1]
             break
     if docs == 0:
-        raise PlinthError("nothing to evaluate: no documents found in the input")
+        raise PlinthError(f"nothing to evaluate: no documents found in {source}")
     stream = np.asarray(ids[:-1] if len(ids) > 2 else ids, dtype=np.int64)  # no trailing eos to predict
     result = score_batches(model, text_windows(stream, seq_len, batch_size), tokenizer.token_bytes(), precision)
     result["documents"] = docs
