@@ -170,7 +170,8 @@ class TrainConfig:
     resume: str = _f("auto", "auto (latest valid checkpoint in out_dir), never, or a checkpoint folder")
     max_bad_steps: int = _f(5, "stop after this many consecutive non-finite losses")
     log_every: int = _f(10, "write metrics every N steps")
-    max_minutes: float = _f(0.0, "stop (with a checkpoint) after this many minutes (0 = no limit)")
+    max_minutes: float = _f(0.0, "stop (with a checkpoint) after this many minutes; the LR schedule then follows "
+                                 "whichever budget is further spent (0 = no limit)")
     progress: bool = _f(True, "show a progress bar")
 
 

@@ -207,3 +207,13 @@ def test_compiled_training_matches_eager(tiny_data, tmp_path):
                                     compile=True))
     assert step_losses(tmp_path / "compiled") == pytest.approx(step_losses(tmp_path / "eager"), abs=1e-4)
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-3)
+
+
+def test_time_limit_drives_the_schedule():
+    from types import SimpleNamespace
+
+    tc = SimpleNamespace(max_minutes=10.0, max_steps=1000)
+    assert lm_loop._schedule_step(100, tc, elapsed_s=0) == 100
+    assert lm_loop._schedule_step(100, tc, elapsed_s=300) == 500  # half the time gone: half-way down the cosine
+    assert lm_loop._schedule_step(100, tc, elapsed_s=9999) == 1000
+    assert lm_loop._schedule_step(100, SimpleNamespace(max_minutes=0, max_steps=1000), elapsed_s=300) == 100

@@ -112,6 +112,17 @@ def _resume_point(tc) -> Path | None:
     return resolve_checkpoint(tc.resume)
 
 
+def _schedule_step(step: int, tc, elapsed_s: float) -> int:
+    """The step the LR schedule is at: with a time limit, whichever budget (steps or minutes) is further spent.
+
+    So a run cut short by `max_minutes` still finishes its cosine decay instead of stopping at a high rate. Time
+    enters the schedule only when a limit is set; runs without one stay bitwise reproducible.
+    """
+    if tc.max_minutes <= 0:
+        return step
+    return max(step, min(tc.max_steps, int(tc.max_steps * elapsed_s / (tc.max_minutes * 60))))
+
+
 def _evaluate(model, val: TokenShards, seq_len: int, tc, token_bytes, precision: str) -> dict[str, float]:
     batches = iter_sequential_batches(val, seq_len, tc.batch_size, max_batches=tc.eval_batches)
     return score_batches(model, batches, token_bytes, precision)
@@ -165,7 +176,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         task = bar.add_task("pretrain", total=tc.max_steps, completed=step0, info="")
         step = step0
         while step < tc.max_steps:
-            lr = lr_at(step, tc.lr, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
+            lr = lr_at(_schedule_step(step, tc, elapsed_before + time.perf_counter() - session_start), tc.lr,
+                       tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_start = time.perf_counter()
