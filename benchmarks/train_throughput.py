@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _bench import OtherCpu, load_avg, print_table  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -76,34 +78,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def load_avg() -> str:
-    return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-
-
-class OtherCpu:
-    """Average cores kept busy by *other* processes over a window: /proc/stat busy time minus this process's CPU time.
-
-    The load average cannot tell a busy neighbour from the benchmark itself; this can. 0.0 = the machine was ours.
-    """
-
-    def __init__(self) -> None:
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float]:
-        try:
-            v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-            busy = (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")  # user nice system irq softirq
-        except (OSError, ValueError, IndexError):
-            busy = float("nan")
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        return time.perf_counter(), busy, own.ru_utime + own.ru_stime
-
-    def cores(self) -> float:
-        wall, busy, own = (b - a for a, b in zip(self.start, self._sample()))
-        return max(0.0, (busy - own) / wall) if wall > 0 else float("nan")
-
-
 def print_header(title: str) -> None:
     import torch
 
@@ -115,18 +89,6 @@ def print_header(title: str) -> None:
     print(f"software  python {platform.python_version()}, torch {torch.__version__} "
           f"(capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)")
     print(f"load avg  {load_avg()} (1/5/15 min, at start; each core busy elsewhere adds ~1)")
-
-
-def print_table(headers: list[str], rows: list[list[object]]) -> None:
-    """A markdown table, numbers right-aligned, so docs/benchmarks.md can paste the output as is."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    numeric = [all(r[i][:1].isdigit() or r[i] in ("-", "") for r in cells[1:]) for i in range(len(headers))]
-    for k, r in enumerate(cells):
-        print("| " + " | ".join(c.rjust(w) if numeric[i] and k else c.ljust(w)
-                                for i, (c, w) in enumerate(zip(r, widths))) + " |")
-        if k == 0:
-            print("|" + "|".join("-" * (w + 1) + (":" if numeric[i] else "-") for i, w in enumerate(widths)) + "|")
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
