@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import platform
 import resource
 import time
 from pathlib import Path
@@ -62,3 +64,14 @@ def print_table(headers: list[str], rows: list[list[object]]) -> None:
                                 for i, (c, w) in enumerate(zip(r, widths))) + " |")
         if k == 0:
             print("|" + "|".join("-" * (w + 1) + (":" if numeric[i] else "-") for i, w in enumerate(widths)) + "|")
+
+
+def print_machine_header(title: str, software: str) -> None:
+    """Title, date, machine, software line, and how busy the machine is right now."""
+    print(f"# {title}")
+    print(f"date      {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"machine   {_cpuinfo('model name') or platform.processor()}, {os.cpu_count()} cores")
+    print(f"software  {software}")
+    other = other_cpu_now()
+    print(f"load avg  {load_avg()} (1/5/15 min); other processes use {other:.2f} cores now"
+          + (" -- the machine is busy, expect slow and noisy numbers" if other > 0.2 else ""))

@@ -15,7 +15,6 @@ included; the median of the timed repeats is reported after a warm-up call.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import statistics
@@ -23,7 +22,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _bench import OtherCpu, _cpuinfo, load_avg, other_cpu_now, print_table  # noqa: E402
+from _bench import OtherCpu, load_avg, print_machine_header, print_table  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -44,14 +43,8 @@ def print_header(title: str) -> None:
     import torch
     import transformers
 
-    print(f"# {title}")
-    print(f"date      {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    print(f"machine   {_cpuinfo('model name') or platform.processor()}, {os.cpu_count()} cores")
-    print(f"software  python {platform.python_version()}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}")
-    other = other_cpu_now()
-    print(f"load avg  {load_avg()} (1/5/15 min); other processes use {other:.2f} cores now"
-          + (" -- the machine is busy, expect slow and noisy numbers" if other > 0.2 else ""))
+    print_machine_header(title, f"python {platform.python_version()}, torch {torch.__version__} "
+                                f"({torch.get_num_threads()} threads), transformers {transformers.__version__}")
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float], float]:

@@ -19,7 +19,6 @@ MB is 10^6 bytes of UTF-8 input. Times are medians over the repeats.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import statistics
@@ -27,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import OtherCpu, _cpuinfo, load_avg, other_cpu_now, print_table  # noqa: E402
+from _bench import OtherCpu, load_avg, print_machine_header, print_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -42,14 +41,9 @@ def print_header(title: str) -> None:
     import tokenizers
     import torch
 
-    print(f"# {title}")
-    print(f"date      {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    print(f"machine   {_cpuinfo('model name') or platform.processor()}, {os.cpu_count()} cores")
-    print(f"software  python {platform.python_version()}, tokenizers {tokenizers.__version__}, "
-          f"torch {torch.__version__} (RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'unset: one per core')})")
-    other = other_cpu_now()
-    print(f"load avg  {load_avg()} (1/5/15 min); other processes use {other:.2f} cores now"
-          + (" -- the machine is busy, expect slow and noisy numbers" if other > 0.2 else ""))
+    print_machine_header(title, f"python {platform.python_version()}, tokenizers {tokenizers.__version__}, "
+                                f"torch {torch.__version__} (RAYON_NUM_THREADS="
+                                f"{os.environ.get('RAYON_NUM_THREADS', 'unset: one per core')})")
 
 
 def median_time(fn, repeats: int, warmup: int = 0):

@@ -76,10 +76,11 @@ def latest_valid_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def restore_checkpoint(ckpt: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                       expect_model_config: dict | None = None) -> dict[str, Any]:
-    """Verify a checkpoint, load its weights into `model` (and optimizer + RNG state); return its run.json."""
+                       expect_model_config: dict | None = None, verified: bool = False) -> dict[str, Any]:
+    """Verify a checkpoint (unless `verified`), load its weights into `model` (and optimizer + RNG); return run.json."""
     ckpt = Path(ckpt)
-    verify_manifest(ckpt)
+    if not verified:
+        verify_manifest(ckpt)
     run_state = json.loads((ckpt / "run.json").read_text(encoding="utf-8"))
     if expect_model_config is not None and run_state.get("model_config") != expect_model_config:
         raise PlinthError(f"{ckpt}: was trained with a different model config; use the same --model/--arch "

@@ -146,7 +146,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "bad_steps": 0}
     ckpt = _resume_point(tc)
     if ckpt is not None:
-        saved = restore_checkpoint(ckpt, model, optimizer, expect_model_config=dataclasses.asdict(mcfg))
+        # `auto` found it through latest_valid_checkpoint, which already checked every hash.
+        saved = restore_checkpoint(ckpt, model, optimizer, expect_model_config=dataclasses.asdict(mcfg),
+                                   verified=tc.resume == "auto")
         sampler.load_state_dict(saved["data"])
         state.update({k: saved[k] for k in state})
     step0 = state["step"]
