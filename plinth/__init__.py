@@ -14,29 +14,30 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Imported on first use: `import plinth` stays fast, and the CLI's --help does not pay for torch.
 _LAZY = {
     "pretrain": ("plinth.training.lm", "pretrain"),
     "quickstart": ("plinth.training.quickstart", "quickstart"),
-    "prepare": ("plinth.data.ingest", "prepare"),
+    "prepare": ("plinth.data.prepare", "prepare"),
     "train_tokenizer": ("plinth.data.tokenizer", "train_tokenizer"),
     "tokenize": ("plinth.data.shards", "write_shards"),
-    "load": ("plinth.evaluate.language_model", "LanguageModel.load"),
-    "LanguageModel": ("plinth.evaluate.language_model", "LanguageModel"),
+    "load": ("plinth.pipelines", "load"),
+    "LanguageModel": ("plinth.pipelines.text", "LanguageModel"),
     "Tokenizer": ("plinth.data.tokenizer", "Tokenizer"),
-    "PlinthError": ("plinth.common", "PlinthError"),
+    "PlinthError": ("plinth.config", "PlinthError"),
 }
 
 __all__ = sorted([*_LAZY, "evaluate", "config"])
 
 if TYPE_CHECKING:
-    from plinth.common import PlinthError  # noqa: F401
-    from plinth.data.ingest import prepare  # noqa: F401
+    from plinth.config import PlinthError  # noqa: F401
+    from plinth.data.prepare import prepare  # noqa: F401
     from plinth.data.shards import write_shards as tokenize  # noqa: F401
     from plinth.data.tokenizer import Tokenizer, train_tokenizer  # noqa: F401
-    from plinth.evaluate.language_model import LanguageModel  # noqa: F401
+    from plinth.pipelines import load  # noqa: F401
+    from plinth.pipelines.text import LanguageModel  # noqa: F401
     from plinth.training.lm import pretrain  # noqa: F401
     from plinth.training.quickstart import quickstart  # noqa: F401
 
@@ -46,6 +47,8 @@ def __getattr__(name: str) -> Any:
 
     if name == "evaluate":
         return importlib.import_module("plinth.evaluate")
+    if name == "config":
+        return importlib.import_module("plinth.config")
     if name not in _LAZY:
         raise AttributeError(f"module 'plinth' has no attribute {name!r}")
     module_name, attr = _LAZY[name]

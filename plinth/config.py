@@ -1,86 +1,284 @@
-"""Typed configuration for every verb, and the named model-size presets.
+"""Typed configuration for every verb, grouped by concern, and the checks that run on it before any work starts.
 
-Stdlib only: every other layer imports this. Each field's `help` metadata is the CLI help text.
-A YAML file passed with `--config` has the same shape as these dataclasses; `--section.field value`
-overrides any field.
+Stdlib only: every other layer imports this. Each field's `help` metadata is the CLI help text; `min`/`max`/`gt`/
+`choices` metadata are its allowed range, checked by `validate` (the CLI calls it after reading YAML and flags; each
+verb calls it again, so the Python API gets the same one-line errors). A YAML file passed with `--config` has the same
+shape as these dataclasses; `--section.field value` overrides any field.
+
+Sections shared by several verbs: `OptimConfig` (the optimiser and its batch), `RunConfig` (run control: length,
+cadence, resume, logging), `SystemConfig` (device, precision, compile, seed) and `SamplingConfig` (decoding).
+Model architectures are not here: each model family keeps its own config dataclass on top of its file
+(`plinth/models/gpt.py`), and a verb's `arch` mapping overrides that class's fields.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class PlinthError(Exception):
+    """A user-facing error: the CLI prints its message on one line and exits with code 2, no traceback.
+
+    Defined here, in the lowest layer, so that config validation can raise it without importing torch;
+    `plinth.common` re-exports it.
+    """
 
 
 def _f(default, help: str, **kw):  # noqa: A002 - `help` reads best at call sites
-    """A dataclass field carrying its CLI help text."""
+    """A dataclass field carrying its CLI help text and range metadata (min, max, gt, lt, choices, positional, flat)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
 
 
+option = _f  # the public name, for config dataclasses defined outside this file (model families)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
-# Model architecture
+# Typed values: coercion from YAML/flags/JSON, and range checks
+
+
+def unwrap_optional(tp) -> tuple[Any, bool]:
+    """`int | None` -> (int, True); anything else -> (tp, False)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def type_name(tp) -> str:
+    """A readable name for a field type: 'int', 'list of str', 'float or null'."""
+    inner, optional = unwrap_optional(tp)
+    origin = typing.get_origin(inner)
+    if origin is list:
+        name = f"list of {typing.get_args(inner)[0].__name__}"
+    elif origin is dict or inner is dict:
+        name = "mapping"
+    else:
+        name = getattr(inner, "__name__", str(inner))
+    return f"{name} or null" if optional else name
+
+
+def coerce(value: Any, tp, where: str, strict: bool = False) -> Any:
+    """Convert a YAML, command-line or JSON value to the field type `tp`, or raise a one-line PlinthError.
+
+    `strict` (for machine-written JSON such as a model's config.json): no strings for numbers or booleans, and no
+    float for an integer field (`"d_model": 64.0` is refused), so a damaged file is reported, not guessed at.
+    """
+    inner, optional = unwrap_optional(tp)
+    if value is None or (not strict and optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise PlinthError(f"{where}: expects a {type_name(tp)}, got null")
+    origin = typing.get_origin(inner)
+    if origin is list:
+        item = typing.get_args(inner)[0]
+        if strict and not isinstance(value, list):
+            raise PlinthError(f"{where}: expects a {type_name(tp)}, got {value!r}")
+        items = value if isinstance(value, list) else [value]
+        return [coerce(v, item, where, strict) for v in items]
+    if origin is dict or inner is dict:
+        if not isinstance(value, dict):
+            raise PlinthError(f"{where}: expects a mapping, got {value!r}")
+        return dict(value)
+    if inner is typing.Any:
+        return value
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        if not strict and isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0",
+                                                                         "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise PlinthError(f"{where}: expects true or false, got {value!r}")
+    if inner is int:
+        if isinstance(value, bool) or (isinstance(value, float) and (strict or not value.is_integer())):
+            raise PlinthError(f"{where}: expects an integer, got {value!r}")
+        if strict and not isinstance(value, int):
+            raise PlinthError(f"{where}: expects an integer, got {value!r}")
+        try:
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        except (TypeError, ValueError, OverflowError):
+            raise PlinthError(f"{where}: expects an integer, got {value!r}") from None
+    if inner is float:
+        if isinstance(value, bool) or (strict and not isinstance(value, (int, float))):
+            raise PlinthError(f"{where}: expects a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise PlinthError(f"{where}: expects a number, got {value!r}") from None
+    if inner is str:
+        if isinstance(value, (dict, list)) or (strict and not isinstance(value, str)):
+            raise PlinthError(f"{where}: expects a string, got {type(value).__name__}")
+        return str(value)
+    raise PlinthError(f"{where}: unsupported field type {tp}")
+
+
+def suggest(name: str, options: list[str]) -> str:
+    """' (did you mean 'x'?)' for the closest option, else the list of options."""
+    close = difflib.get_close_matches(name, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(options)})"
+
+
+def field_types(cls) -> dict[str, Any]:
+    """Resolved type hints of a dataclass's fields."""
+    return typing.get_type_hints(cls)
+
+
+def apply_mapping(obj: Any, data: Any, source: str, prefix: str = "", strict: bool = False) -> None:
+    """Set fields of dataclass instance `obj` from a nested mapping; unknown or mistyped fields raise PlinthError."""
+    if not isinstance(data, dict):
+        raise PlinthError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping, got {data!r}")
+    hints = field_types(type(obj))
+    names = [f.name for f in fields(obj)]
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise PlinthError(f"{source}: unknown field {path!r}{suggest(str(key), names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            apply_mapping(current, value, source, prefix=f"{path}.", strict=strict)
+        else:
+            setattr(obj, key, coerce(value, hints[key], f"{source}: field {path!r}", strict))
+
+
+def from_dict(cls, data: Any, source: str, strict: bool = False, ignore: tuple[str, ...] = ()):
+    """A `cls` instance from a mapping (defaults for absent fields), validated; one-line PlinthError naming `source`.
+
+    `ignore` lists keys that may be present but are not fields (e.g. `family`, `format_version` in config.json).
+    """
+    if not isinstance(data, dict):
+        raise PlinthError(f"{source}: expected a mapping, got {type(data).__name__}")
+    hints = field_types(cls)
+    names = [f.name for f in fields(cls)]
+    values = {}
+    for key, value in data.items():
+        if key in ignore:
+            continue
+        if key not in names:
+            raise PlinthError(f"{source}: unknown field {key!r}{suggest(str(key), names)}")
+        values[key] = coerce(value, hints[key], f"{source}: field {key!r}", strict)
+    try:
+        obj = cls(**values)
+    except PlinthError as e:
+        raise PlinthError(f"{source}: {e}") from None
+    validate(obj, source)
+    return obj
+
+
+def _bound_problem(value: Any, meta: dict) -> str | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return "must be a number, got nan"
+    checks = (("min", lambda b: value >= b, ">="), ("gt", lambda b: value > b, ">"),
+              ("max", lambda b: value <= b, "<="), ("lt", lambda b: value < b, "<"))
+    for key, ok, sign in checks:
+        if key in meta and not ok(meta[key]):
+            return f"must be {sign} {meta[key]:g}, got {value:g}"
+    if isinstance(value, float) and math.isinf(value):
+        return "must be finite"
+    return None
+
+
+def validate(obj: Any, source: str = "config", prefix: str = "") -> None:
+    """Check every field's choices and numeric range (recursively), then the object's own `check()` if it has one.
+
+    Raises a one-line PlinthError such as "config: field 'optim.lr' must be > 0, got -1".
+    """
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, source, f"{prefix}{f.name}.")
+            continue
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise PlinthError(f"{source}: field {prefix}{f.name!r} must be one of {', '.join(map(str, choices))}, "
+                              f"got {value!r}")
+        problem = _bound_problem(value, f.metadata)
+        if problem:
+            raise PlinthError(f"{source}: field {prefix}{f.name!r} {problem}")
+    check = getattr(obj, "check", None)
+    if callable(check):
+        try:
+            check()
+        except PlinthError as e:
+            raise PlinthError(f"{source}: {prefix}{e}" if prefix else f"{source}: {e}") from None
+
+
+def to_dict(obj: Any) -> dict:
+    """A dataclass as a plain nested dict (what `--config` YAML reads back)."""
+    return dataclasses.asdict(obj)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Sections shared by verbs
+
+
+DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N"
 
 
 @dataclass
-class ModelConfig:
-    """Decoder-only transformer hyperparameters (Llama layout: RoPE, RMSNorm, SwiGLU, GQA)."""
+class OptimConfig:
+    """The optimiser (AdamW), its learning-rate schedule (linear warmup, cosine decay) and its batch."""
 
-    name: str = _f("custom", "preset this config came from (informational)")
-    vocab_size: int = _f(4096, "vocabulary size; pretrain sets it from the tokenizer")
-    n_layer: int = _f(4, "number of transformer blocks")
-    n_head: int = _f(4, "attention (query) heads")
-    n_kv_head: int = _f(4, "key/value heads; fewer than n_head gives grouped-query attention")
-    d_model: int = _f(128, "residual stream width")
-    d_ff: int = _f(0, "SwiGLU hidden width; 0 means the Llama rule (8/3 d_model, rounded up to 32)")
-    seq_len: int = _f(256, "context length in tokens")
-    rope_theta: float = _f(10000.0, "RoPE base frequency")
-    norm_eps: float = _f(1e-5, "RMSNorm epsilon")
-    tie_embeddings: bool = _f(True, "share the input embedding and output projection weights")
-
-    def __post_init__(self) -> None:
-        if self.d_ff == 0:
-            self.d_ff = 32 * -(-int(8 * self.d_model / 3) // 32)
-        problems = []
-        if self.n_head <= 0 or self.d_model % self.n_head:
-            problems.append(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
-        elif (self.d_model // self.n_head) % 2:
-            problems.append(f"head size d_model/n_head ({self.d_model // self.n_head}) must be even for RoPE")
-        if self.n_kv_head <= 0 or self.n_head % self.n_kv_head:
-            problems.append(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
-        for name in ("vocab_size", "n_layer", "seq_len"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive")
-        if problems:
-            raise ValueError("model config: " + "; ".join(problems))
-
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head."""
-        return self.d_model // self.n_head
+    lr: float = _f(3e-3, "peak learning rate", gt=0.0, max=10.0)
+    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak (cosine floor)", min=0.0, max=1.0)
+    warmup_steps: int = _f(50, "linear warmup steps (capped at half the run, with a warning)", min=0)
+    weight_decay: float = _f(0.1, "AdamW weight decay (matrices only; not norms or biases)", min=0.0)
+    beta1: float = _f(0.9, "AdamW beta1", min=0.0, lt=1.0)
+    beta2: float = _f(0.95, "AdamW beta2", min=0.0, lt=1.0)
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)", min=0.0)
+    batch_size: int = _f(16, "examples per micro-batch", min=1)
+    grad_accum: int = _f(1, "micro-batches per optimizer step", min=1)
 
 
-# name -> (n_layer, n_head, n_kv_head, d_model, seq_len). The smallest is what tests use; `quickstart` trains `tiny`.
-PRESETS: dict[str, tuple[int, int, int, int, int]] = {
-    "test": (2, 4, 2, 64, 64),
-    "tiny": (4, 4, 4, 128, 256),
-    "small": (6, 6, 6, 384, 512),
-    "base": (12, 12, 4, 768, 1024),
-    "medium": (24, 16, 8, 1024, 2048),
-    "large": (24, 16, 8, 1536, 2048),
-    "1b": (22, 32, 4, 2048, 2048),
-}
+@dataclass
+class RunConfig:
+    """Run control: where it writes, how long it runs, when it evaluates, checkpoints and logs, how it resumes."""
+
+    out_dir: str = _f("runs/pretrain", "run folder: checkpoints, metrics.jsonl, TensorBoard events, config.yaml")
+    max_steps: int = _f(1000, "optimizer steps to run", min=1)
+    max_minutes: float = _f(0.0, "stop (with a checkpoint) after this many minutes; the LR schedule then follows "
+                                 "whichever budget is further spent (0 = no limit)", min=0.0)
+    eval_every: int = _f(200, "evaluate on validation every N steps (0 = only at the end)", min=0)
+    eval_batches: int = _f(20, "validation batches per evaluation", min=1)
+    ckpt_every: int = _f(200, "checkpoint every N steps (0 = only at the end)", min=0)
+    keep_checkpoints: int = _f(2, "checkpoints to keep", min=2)
+    resume: str = _f("auto", "auto (latest verified checkpoint in out_dir), never, or a checkpoint folder")
+    max_bad_steps: int = _f(5, "stop after this many consecutive steps with a non-finite loss or gradient", min=1)
+    log_every: int = _f(10, "write metrics every N steps", min=1)
+    progress: bool = _f(True, "show progress (a live bar on a terminal, plain lines otherwise)")
+    progress_seconds: float = _f(15.0, "seconds between plain progress lines when output is not a terminal", gt=0.0)
 
 
-def preset(name: str, **overrides) -> ModelConfig:
-    """Build the ModelConfig for a named preset, with field overrides."""
-    if name not in PRESETS:
-        raise KeyError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
-    n_layer, n_head, n_kv_head, d_model, seq_len = PRESETS[name]
-    d_ff = 5632 if name == "1b" else 0  # TinyLlama-1.1B's width for the 1b preset
-    base = dict(name=name, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, d_model=d_model, seq_len=seq_len,
-                d_ff=d_ff, vocab_size=32000 if name not in ("test", "tiny") else 4096)
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return ModelConfig(**base)
+@dataclass
+class SystemConfig:
+    """Where and how the computation runs."""
+
+    device: str = _f("auto", DEVICE_HELP)
+    precision: str = _f("auto", "auto (bf16 where the hardware runs it natively, else fp32), fp32 or bf16",
+                        choices=("auto", "fp32", "bf16"))
+    compile: bool = _f(False, "torch.compile the model")
+    seed: int = _f(1337, "seed for weights, data order and dropout", min=0)
+
+
+@dataclass
+class SamplingConfig:
+    """How tokens are drawn: shared by `generate`, the Python API and (later) chat and the server."""
+
+    max_new_tokens: int = _f(100, "tokens to generate per prompt", min=0)
+    temperature: float = _f(0.8, "sampling temperature (0 = greedy)", min=0.0)
+    top_k: int = _f(0, "keep only the k most likely tokens (0 = off)", min=0)
+    top_p: float = _f(1.0, "nucleus sampling: keep the smallest set with this much probability (1 = off)", gt=0.0,
+                      max=1.0)
+    seed: int = _f(0, "sampling seed", min=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -95,10 +293,13 @@ class PrepareConfig:
                                "or builtin:NAME", positional=True)
     out: str = _f("data/prepared", "output folder (train.jsonl, val.jsonl, report.json)")
     field: str = _f("text", "JSONL / Parquet field holding the document text")
-    val_fraction: float = _f(0.01, "share of documents held out for validation (chosen by a hash of the text)")
-    min_chars: int = _f(1, "drop documents shorter than this after cleaning")
-    seed: int = _f(0, "salt for the deterministic train/validation split")
-    max_docs: int = _f(0, "stop after keeping this many documents (0 = all)")
+    val_fraction: float = _f(0.01, "share of documents held out for validation (chosen by a hash of the text); a "
+                                   "single-document corpus is split inside the text, 90/10 by position",
+                             min=0.0, lt=1.0)
+    min_chars: int = _f(1, "drop documents shorter than this after cleaning", min=0)
+    seed: int = _f(0, "salt for the deterministic train/validation split", min=0)
+    max_docs: int = _f(0, "stop after keeping this many documents (0 = all)", min=0)
+    progress: bool = _f(True, "show progress (a live bar on a terminal, plain lines otherwise)")
 
 
 @dataclass
@@ -108,8 +309,8 @@ class TokenizerConfig:
     input: str = _f("data/prepared", "prepared folder (its train.jsonl), or a text/JSONL file", positional=True)
     out: str = _f("data/tokenizer.json", "where to write tokenizer.json")
     kind: str = _f("bpe", "bpe (byte-level BPE) or char (characters seen, with byte fallback)", choices=("bpe", "char"))
-    vocab_size: int = _f(4096, "vocabulary size for bpe (ignored by char)")
-    max_chars: int = _f(0, "train on at most this many characters (0 = all)")
+    vocab_size: int = _f(4096, "vocabulary size for bpe (ignored by char)", min=258, max=1 << 24)
+    max_chars: int = _f(0, "train on at most this many characters (0 = all)", min=0)
 
 
 @dataclass
@@ -119,7 +320,8 @@ class TokenizeConfig:
     input: str = _f("data/prepared", "prepared folder (train.jsonl, val.jsonl)", positional=True)
     tokenizer: str = _f("data/tokenizer.json", "tokenizer.json to encode with")
     out: str = _f("data/shards", "output folder (train/, val/, each with a manifest.json)")
-    shard_tokens: int = _f(50_000_000, "tokens per shard file")
+    shard_tokens: int = _f(50_000_000, "tokens per shard file", min=1)
+    progress: bool = _f(True, "show progress (a live bar on a terminal, plain lines otherwise)")
 
 
 @dataclass
@@ -131,85 +333,41 @@ class DataConfig:
 
 
 @dataclass
-class ArchOverrides:
-    """Architecture fields that replace the preset's values when set."""
-
-    n_layer: int | None = _f(None, "override the preset's number of blocks")
-    n_head: int | None = _f(None, "override the preset's query heads")
-    n_kv_head: int | None = _f(None, "override the preset's key/value heads")
-    d_model: int | None = _f(None, "override the preset's width")
-    d_ff: int | None = _f(None, "override the preset's SwiGLU width")
-    seq_len: int | None = _f(None, "override the preset's context length")
-    rope_theta: float | None = _f(None, "override the RoPE base")
-    tie_embeddings: bool | None = _f(None, "override weight tying")
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and run-control settings of `plinth pretrain`."""
-
-    out_dir: str = _f("runs/pretrain", "run folder: checkpoints, metrics.jsonl, TensorBoard events")
-    max_steps: int = _f(1000, "optimizer steps to run")
-    batch_size: int = _f(16, "sequences per micro-batch")
-    grad_accum: int = _f(1, "micro-batches per optimizer step")
-    lr: float = _f(3e-3, "peak learning rate")
-    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak (cosine floor)")
-    warmup_steps: int = _f(50, "linear warmup steps")
-    weight_decay: float = _f(0.1, "AdamW weight decay (matrices only; not norms or biases)")
-    beta1: float = _f(0.9, "AdamW beta1")
-    beta2: float = _f(0.95, "AdamW beta2")
-    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
-    precision: str = _f("auto", "auto (bf16 where the hardware has it), fp32 or bf16", choices=("auto", "fp32", "bf16"))
-    compile: bool = _f(False, "torch.compile the model")
-    device: str = _f("auto", "auto, cpu or cuda")
-    seed: int = _f(1337, "seed for weights, data order and dropout")
-    eval_every: int = _f(200, "evaluate on validation every N steps (0 = only at the end)")
-    eval_batches: int = _f(20, "validation batches per evaluation")
-    ckpt_every: int = _f(200, "checkpoint every N steps (0 = only at the end)")
-    keep_checkpoints: int = _f(2, "checkpoints to keep (at least 2)")
-    resume: str = _f("auto", "auto (latest valid checkpoint in out_dir), never, or a checkpoint folder")
-    max_bad_steps: int = _f(5, "stop after this many consecutive non-finite losses")
-    log_every: int = _f(10, "write metrics every N steps")
-    max_minutes: float = _f(0.0, "stop (with a checkpoint) after this many minutes; the LR schedule then follows "
-                                 "whichever budget is further spent (0 = no limit)")
-    progress: bool = _f(True, "show a progress bar")
-
-
-@dataclass
 class PretrainConfig:
     """Arguments of `plinth pretrain`."""
 
     model: str = _f("tiny", "model size preset (see `plinth models ls`)")
-    arch: ArchOverrides = field(default_factory=lambda: ArchOverrides())
+    arch: dict[str, Any] = _f({}, "architecture fields replacing the preset's (e.g. --arch.n_layer 6); any field of "
+                                  "the family's config", schema="arch")
+    init_from: str = _f("", "start from this model, run or checkpoint folder's weights (and architecture) with a "
+                            "fresh optimizer and schedule; --model/--arch are then ignored")
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
 
 
 @dataclass
 class EvaluateConfig:
     """Arguments of `plinth evaluate`."""
 
-    model: str = _f("runs/quickstart", "run folder or checkpoint folder", positional=True)
+    model: str = _f("runs/quickstart", "run, checkpoint or model folder", positional=True)
     data: str = _f("", "text, JSONL, Parquet file or folder to score (default: the run's validation split)")
     field: str = _f("text", "JSONL / Parquet field holding the text")
-    batch_size: int = _f(8, "sequences per batch")
-    max_tokens: int = _f(0, "score at most this many tokens (0 = all)")
-    device: str = _f("auto", "auto, cpu or cuda")
+    batch_size: int = _f(8, "sequences per batch", min=1)
+    max_tokens: int = _f(0, "score at most this many tokens (0 = all)", min=0)
+    device: str = _f("auto", DEVICE_HELP)
 
 
 @dataclass
 class GenerateConfig:
     """Arguments of `plinth generate`."""
 
-    model: str = _f("runs/quickstart", "run folder or checkpoint folder", positional=True)
+    model: str = _f("runs/quickstart", "run, checkpoint or model folder", positional=True)
     prompts: list[str] = _f(["The"], "one or more prompts (a batch)")
-    max_new_tokens: int = _f(100, "tokens to generate per prompt")
-    temperature: float = _f(0.8, "sampling temperature (0 = greedy)")
-    top_k: int = _f(0, "keep only the k most likely tokens (0 = off)")
-    top_p: float = _f(1.0, "nucleus sampling: keep the smallest set with this much probability (1 = off)")
-    seed: int = _f(0, "sampling seed")
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"flat": True})
     stream: bool = _f(True, "print tokens as they are produced (single prompt)")
-    device: str = _f("auto", "auto, cpu or cuda")
+    device: str = _f("auto", DEVICE_HELP)
 
 
 @dataclass
@@ -219,17 +377,17 @@ class QuickstartConfig:
     out: str = _f("runs/quickstart", "run folder")
     corpus: str = _f("sotu", "built-in corpus name (see `plinth data builtin`)")
     model: str = _f("tiny", "model size preset")
-    vocab_size: int = _f(4096, "BPE vocabulary size")
-    max_steps: int = _f(600, "pretraining steps")
-    batch_size: int = _f(16, "sequences per step")
-    seq_len: int = _f(256, "context length")
-    lr: float = _f(3e-3, "peak learning rate")
-    max_minutes: float = _f(7.0, "stop pretraining after this many minutes (0 = no limit)")
-    max_docs: int = _f(0, "use at most this many documents (0 = all)")
-    device: str = _f("auto", "auto, cpu or cuda")
+    vocab_size: int = _f(4096, "BPE vocabulary size", min=258)
+    max_steps: int = _f(600, "pretraining steps", min=1)
+    batch_size: int = _f(16, "sequences per step", min=1)
+    seq_len: int = _f(256, "context length", min=8)
+    lr: float = _f(3e-3, "peak learning rate", gt=0.0, max=10.0)
+    max_minutes: float = _f(7.0, "stop pretraining after this many minutes (0 = no limit)", min=0.0)
+    max_docs: int = _f(0, "use at most this many documents (0 = all)", min=0)
+    device: str = _f("auto", DEVICE_HELP)
     precision: str = _f("auto", "auto, fp32 or bf16", choices=("auto", "fp32", "bf16"))
-    progress: bool = _f(True, "show progress bars")
-    seed: int = _f(1337, "seed")
+    progress: bool = _f(True, "show progress")
+    seed: int = _f(1337, "seed", min=0)
 
 
 def field_names(cls) -> list[str]:

@@ -30,7 +30,7 @@ def make_corpus(folder: Path, docs: int = 24, words_per_doc: int = 160) -> Path:
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
     """Prepared docs, a char tokenizer and token shards for the tiny corpus."""
     from plinth.config import PrepareConfig, TokenizeConfig, TokenizerConfig
-    from plinth.data.ingest import prepare
+    from plinth.data.prepare import prepare
     from plinth.data.shards import write_shards
     from plinth.data.tokenizer import train_tokenizer
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import zstandard
 
 from plinth.common import PlinthError
 from plinth.config import PrepareConfig
-from plinth.data import corpus, ingest
-from plinth.data.ingest import clean, iter_prepared, prepare, read_texts
+from plinth.data import clean, corpus, iter_prepared, prepare, read_texts
+
+prepare_module = importlib.import_module("plinth.data.prepare")  # the module: `plinth.data.prepare` is the function
 
 
 def jsonl(rows: list) -> bytes:
@@ -106,7 +108,7 @@ def test_nothing_kept_hints_at_field(tmp_path: Path) -> None:
 
 def test_crash_midway_leaves_no_output(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "a.jsonl").write_bytes(jsonl([{"text": f"doc {i}"} for i in range(10)]))
-    real_add, calls = ingest._SplitWriter.add, []
+    real_add, calls = prepare_module._SplitWriter.add, []
 
     def flaky(self, text, data):
         calls.append(text)
@@ -114,7 +116,7 @@ def test_crash_midway_leaves_no_output(tmp_path: Path, monkeypatch) -> None:
             raise KeyboardInterrupt
         return real_add(self, text, data)
 
-    monkeypatch.setattr(ingest._SplitWriter, "add", flaky)
+    monkeypatch.setattr(prepare_module._SplitWriter, "add", flaky)
     with pytest.raises(KeyboardInterrupt):
         prepare(PrepareConfig(inputs=[str(tmp_path / "a.jsonl")], out=str(tmp_path / "out")))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
@@ -196,7 +198,7 @@ def test_output_inside_input_folder_is_not_reingested(tmp_path: Path) -> None:
 
 def test_progress_bar_runs(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("alpha document")
-    report = prepare(PrepareConfig(inputs=[str(tmp_path / "a.txt")], out=str(tmp_path / "o")), progress=True)
+    report = prepare(PrepareConfig(inputs=[str(tmp_path / "a.txt")], out=str(tmp_path / "o"), progress=True))
     assert report["documents"]["train"] + report["documents"]["val"] == 1
 
 

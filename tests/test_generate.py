@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plinth.common import PlinthError
-from plinth.config import preset
-from plinth.models import GPT, generate, generate_tokens, sample_next_token
+from plinth.common import PlinthError, PlinthWarning
+from plinth.models import GPT, generate, generate_tokens, preset, sample_next_token
 
 PROMPTS = [[5, 17, 99, 3, 250, 41, 7], [12, 200, 9]]
 
@@ -62,10 +61,6 @@ def test_eos_finishes_rows_and_stops(model):
 
 
 def test_generation_limits(model):
-    long_prompt = list(range(60))  # the test preset's context is 64 tokens
-    with pytest.raises(PlinthError, match="max_new_tokens"):
-        generate_tokens(model, [long_prompt, [1]], 5)  # raised at the call, before any iteration
-    assert [len(r) for r in generate(model, [long_prompt, [1]], 4, temperature=0)] == [4, 4]
     assert list(generate_tokens(model, PROMPTS, 0)) == []
     with pytest.raises(PlinthError, match="empty"):
         generate(model, [[]], 3)
@@ -73,6 +68,29 @@ def test_generation_limits(model):
         generate(model, [[256]], 3)
     with pytest.raises(PlinthError, match="top_p"):
         generate(model, PROMPTS, 3, top_p=0.0)
+    with pytest.raises(PlinthError, match="max_new_tokens"):
+        generate_tokens(model, PROMPTS, -1)  # raised at the call, before any iteration
+
+
+def test_generation_past_the_context_slides_its_window(model):
+    """Context 64: past it, the cache is refilled from each row's last 48 tokens (3/4 of the context)."""
+    long_prompt = [(7 * i) % 256 for i in range(60)]
+    with pytest.warns(PlinthWarning, match="sliding window of the last 48") as caught:
+        out = generate(model, [long_prompt, [1]], 20, temperature=0)
+    assert len(caught) == 1 and [len(r) for r in out] == [20, 20]
+    # 60 + 4 tokens fill the context; the 5th is still predicted from all 64.
+    assert out[0][:5] == naive_greedy(model, long_prompt, 5)
+    # Then the window slides to the last 48 tokens and decoding continues from there, as if they were the prompt.
+    window = (long_prompt + out[0][:5])[-48:]
+    assert out[0][5:] == naive_greedy(model, window, 15)
+    assert out[1][5:] == naive_greedy(model, [1] + out[1][:5], 15)
+
+
+def test_prompt_longer_than_the_context_keeps_its_last_tokens(model):
+    prompt = [(3 * i + 1) % 256 for i in range(100)]
+    with pytest.warns(PlinthWarning, match="has 100 tokens, more than the model's context of 64"):
+        out = generate(model, [prompt], 6, temperature=0)
+    assert out == generate(model, [prompt[-64:]], 6, temperature=0)
 
 
 def test_no_inference_mode_leaks_between_steps(model):

@@ -12,10 +12,10 @@ import safetensors.torch
 import torch
 
 from plinth.common import PlinthError
-from plinth.config import preset
-from plinth.models import GPT, load_hf_llama, load_model, preset_table, save_hf_llama, save_model
+from plinth.models import GPT, load_hf_llama, load_model, preset, preset_table, save_hf_llama, save_model
 from plinth.models.gpt import config_flops_per_token, config_params
-from plinth.models.io import from_hf_llama_config, model_config_from_dict, to_hf_llama_config
+from plinth.models.io import from_hf_llama_config, to_hf_llama_config
+from plinth.models.registry import config_from_dict
 
 VOCAB = 256  # small vocabulary keeps the HF models and logits cheap
 
@@ -44,9 +44,11 @@ def hf_llama(cfg, seed: int = 0):
     return hf
 
 
-@pytest.mark.parametrize("n_kv_head,tie", [(2, True), (2, False), (4, False)], ids=["gqa-tied", "gqa-untied", "mha"])
-def test_hf_parity(n_kv_head, tie):
-    cfg = preset("test", vocab_size=VOCAB, n_kv_head=n_kv_head, tie_embeddings=tie)
+@pytest.mark.parametrize("n_kv_head,tie,extra", [(2, True, {}), (2, False, {}), (4, False, {}),
+                                                (2, True, {"attention_bias": True, "head_dim": 24})],
+                         ids=["gqa-tied", "gqa-untied", "mha", "qkv-bias-explicit-head-dim"])
+def test_hf_parity(n_kv_head, tie, extra):
+    cfg = preset("test", vocab_size=VOCAB, n_kv_head=n_kv_head, tie_embeddings=tie, **extra)
     hf = hf_llama(cfg)
     model = GPT(cfg).eval()
     assert list(model.state_dict()) == list(hf.state_dict())  # same names, same order, tied lm_head included
@@ -55,6 +57,8 @@ def test_hf_parity(n_kv_head, tie):
     x = tokens(2, 24)
     with torch.no_grad():
         torch.testing.assert_close(model(x), hf(x).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(x, logits_to_keep=1), hf(x).logits[:, -1:], atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.model(x), hf.model(x).last_hidden_state, atol=1e-5, rtol=0)
 
 
 def test_hf_parity_left_padded():
@@ -106,8 +110,9 @@ def test_hf_config_round_trip_and_refusals():
     assert from_hf_llama_config(old).rope_theta == 1234.0
     with pytest.raises(PlinthError, match="llama3"):
         from_hf_llama_config({**old, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
-    with pytest.raises(PlinthError, match="bias"):
-        from_hf_llama_config({**old, "attention_bias": True})
+    with pytest.raises(PlinthError, match="mlp_bias"):
+        from_hf_llama_config({**old, "mlp_bias": True})
+    assert from_hf_llama_config({**old, "attention_bias": True}).attention_bias
     with pytest.raises(PlinthError, match="num_hidden_layers"):
         from_hf_llama_config({k: v for k, v in old.items() if k != "num_hidden_layers"})
 
@@ -266,6 +271,10 @@ def test_load_model_errors_name_the_file(tmp_path):
 
 def test_model_config_from_dict():
     cfg = preset("test")
-    assert model_config_from_dict({**vars(cfg), "family": "gpt", "format_version": 1}) == cfg
+    assert config_from_dict({**vars(cfg), "family": "gpt", "format_version": 1}, "config.json") == cfg
     with pytest.raises(PlinthError, match="d_model"):
-        model_config_from_dict({**vars(cfg), "d_model": 63})
+        config_from_dict({**vars(cfg), "d_model": 63, "head_dim": 0}, "config.json")
+    with pytest.raises(PlinthError, match="config.json: field 'd_model': expects an integer, got 64.0"):
+        config_from_dict({**vars(cfg), "d_model": 64.0}, "config.json")
+    with pytest.raises(PlinthError, match="unknown model family 'vit'"):
+        config_from_dict({**vars(cfg), "family": "vit"}, "config.json")

@@ -19,8 +19,8 @@ TINY = {
                    "2", "--model", "test", "--no-progress"],
     "data prepare": ["--max_docs", "6"],
     "tokenizer train": ["--vocab_size", "300"],
-    "pretrain": ["--train.max_steps", "3", "--model", "test", "--arch.seq_len", "32", "--train.batch_size", "2",
-                 "--no-train.progress", "--train.eval_batches", "2"],
+    "pretrain": ["--run.max_steps", "3", "--model", "test", "--arch.seq_len", "32", "--optim.batch_size", "2",
+                 "--no-run.progress", "--run.eval_batches", "2"],
     "evaluate": ["--max_tokens", "2000"],
     "generate": ["--max_new_tokens", "5"],
 }

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from plinth.common import PlinthError, sha256_file
 from plinth.config import PrepareConfig, TokenizerConfig
 from plinth.data import corpus
-from plinth.data.ingest import prepare
+from plinth.data.prepare import prepare
 from plinth.data.tokenizer import EOS, Tokenizer, train_tokenizer
 
 SAMPLES = [
@@ -53,8 +53,9 @@ def test_round_trip_samples_and_byte_counts(trained, text: str) -> None:
     tok, _ = trained
     ids = tok.encode(text)
     assert tok.decode(ids) == text
-    assert tok.eos_id not in ids  # a literal "<|endoftext|>" in the data stays text
-    assert int(tok.token_bytes()[ids].sum()) == len(text.encode("utf-8"))
+    # A literal "<|endoftext|>" is the special token, as transformers reads the same file; it counts no bytes.
+    assert ids.count(tok.eos_id) == text.count(EOS)
+    assert int(tok.token_bytes()[ids].sum()) == len(text.encode("utf-8")) - text.count(EOS) * len(EOS)
 
 
 def test_batch_eos_and_metadata(trained) -> None:
@@ -83,7 +84,7 @@ def test_hf_fast_tokenizer_matches(trained) -> None:
 
     tok, path = trained
     hf = PreTrainedTokenizerFast(tokenizer_file=str(path))
-    for text in SAMPLES[:3]:
+    for text in SAMPLES + [f"a{EOS}b", f"{EOS}{EOS}", "<|endoftext", "x <|endoftext|>\n"]:
         ids = hf.encode(text, add_special_tokens=False)
         assert ids == tok.encode(text)
         assert hf.decode(ids) == text

@@ -14,19 +14,27 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from plinth.common import PlinthError, list_checkpoints, resolve_checkpoint
-from plinth.config import ArchOverrides, DataConfig, PretrainConfig, TrainConfig
+from plinth.artifacts import list_checkpoints, resolve_checkpoint
+from plinth.common import PlinthError
+from plinth.config import DataConfig, OptimConfig, PretrainConfig, RunConfig, SystemConfig, field_names
 from plinth.training import lm as lm_loop
+from plinth.training import run as run_loop
 from plinth.training.lm import pretrain
 
 
-def tiny_config(tiny_data, out_dir, **train) -> PretrainConfig:
-    opts = dict(out_dir=str(out_dir), max_steps=8, batch_size=4, lr=1e-2, warmup_steps=2, eval_every=4,
-                eval_batches=2, ckpt_every=2, log_every=1, progress=False, device="cpu", precision="fp32", seed=7)
-    opts.update(train)
-    return PretrainConfig(model="test", arch=ArchOverrides(seq_len=32),
+def tiny_config(tiny_data, out_dir, **opts) -> PretrainConfig:
+    """The test preset on the tiny corpus; keyword options go to whichever section (optim, run, system) owns them."""
+    values = dict(out_dir=str(out_dir), max_steps=8, batch_size=4, lr=1e-2, warmup_steps=2, eval_every=4,
+                  eval_batches=2, ckpt_every=2, log_every=1, progress=False, device="cpu", precision="fp32", seed=7)
+    values.update(opts)
+    sections = {cls: {k: v for k, v in values.items() if k in field_names(cls)}
+                for cls in (OptimConfig, RunConfig, SystemConfig)}
+    unknown = set(values) - {k for part in sections.values() for k in part}
+    assert not unknown, unknown
+    return PretrainConfig(model="test", arch={"seq_len": 32},
                           data=DataConfig(shards=str(tiny_data["shards"]), tokenizer=str(tiny_data["tokenizer"])),
-                          train=TrainConfig(**opts))
+                          optim=OptimConfig(**sections[OptimConfig]), run=RunConfig(**sections[RunConfig]),
+                          system=SystemConfig(**sections[SystemConfig]))
 
 
 def step_losses(run_dir) -> list[float]:
@@ -123,7 +131,7 @@ def test_kill_during_checkpoint_write_keeps_previous(tiny_data, tmp_path):
     # Die (as SIGKILL would: no cleanup) in the middle of writing the second checkpoint.
     script = (
         "import os, sys\n"
-        "import plinth.training.checkpoint as ck\n"
+        "import plinth.artifacts as ck\n"
         "real = ck.write_manifest\n"
         "calls = []\n"
         "def dying(folder, **kw):\n"
@@ -138,9 +146,9 @@ def test_kill_during_checkpoint_write_keeps_previous(tiny_data, tmp_path):
     assert proc.returncode == 9
     ckpts = list_checkpoints(tmp_path / "run")
     assert [c.name for c in ckpts] == ["step_00000002"]
-    from plinth.evaluate.language_model import LanguageModel
+    import plinth
 
-    assert LanguageModel.load(tmp_path / "run").generate("the", max_new_tokens=3, temperature=0) is not None
+    assert plinth.load(tmp_path / "run").generate("the", max_new_tokens=3, temperature=0) is not None
     summary = pretrain(tiny_config(tiny_data, tmp_path / "run", max_steps=6))
     assert summary["steps"] == 6
 
@@ -157,16 +165,16 @@ def test_sigterm_saves_and_exits_cleanly(tiny_data, tmp_path):
 
 
 def test_non_finite_losses_skip_then_stop(tiny_data, tmp_path, monkeypatch):
-    real = lm_loop.loss_fn
+    real = lm_loop.lm_loss
     calls = {"n": 0}
 
     def sometimes_nan(model, batch):
         calls["n"] += 1
-        loss, metrics = real(model, batch)
-        return (loss * float("nan") if calls["n"] in (3,) or calls["n"] >= 6 else loss), metrics
+        loss, count, metrics = real(model, batch)
+        return (loss * float("nan") if calls["n"] in (3,) or calls["n"] >= 6 else loss), count, metrics
 
-    monkeypatch.setattr(lm_loop, "loss_fn", sometimes_nan)
-    with pytest.raises(PlinthError, match="not finite for 3 steps in a row"):
+    monkeypatch.setattr(lm_loop, "lm_loss", sometimes_nan)
+    with pytest.raises(PlinthError, match="loss was not finite for 3 steps in a row"):
         pretrain(tiny_config(tiny_data, tmp_path / "run", max_steps=20, max_bad_steps=3, ckpt_every=4))
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r.get("skipped")] == [3, 6, 7, 8]
@@ -183,10 +191,10 @@ def test_tampered_checkpoint_is_refused_naming_the_file(tiny_data, tmp_path):
     with open(ckpt / "model.safetensors", "r+b") as f:
         f.seek(-4, os.SEEK_END)
         f.write(b"\x00\x01\x02\x03")
-    from plinth.evaluate.language_model import LanguageModel
+    import plinth
 
     with pytest.raises(PlinthError, match="model.safetensors: sha256 does not match"):
-        LanguageModel.load(ckpt)
+        plinth.load(ckpt)
     with pytest.raises(PlinthError, match="model.safetensors: sha256 does not match"):
         pretrain(tiny_config(tiny_data, tmp_path / "run", max_steps=4, resume=str(ckpt)))
 
@@ -194,7 +202,7 @@ def test_tampered_checkpoint_is_refused_naming_the_file(tiny_data, tmp_path):
 def test_mismatched_model_settings_on_resume(tiny_data, tmp_path):
     pretrain(tiny_config(tiny_data, tmp_path / "run", max_steps=2))
     cfg = tiny_config(tiny_data, tmp_path / "run", max_steps=4)
-    cfg.arch.n_layer = 3
+    cfg.arch["n_layer"] = 3
     with pytest.raises(PlinthError, match="different model config"):
         pretrain(cfg)
 
@@ -213,7 +221,7 @@ def test_time_limit_drives_the_schedule():
     from types import SimpleNamespace
 
     tc = SimpleNamespace(max_minutes=10.0, max_steps=1000)
-    assert lm_loop._schedule_step(100, tc, elapsed_s=0) == 100
-    assert lm_loop._schedule_step(100, tc, elapsed_s=300) == 500  # half the time gone: half-way down the cosine
-    assert lm_loop._schedule_step(100, tc, elapsed_s=9999) == 1000
-    assert lm_loop._schedule_step(100, SimpleNamespace(max_minutes=0, max_steps=1000), elapsed_s=300) == 100
+    assert run_loop.schedule_step(100, tc, elapsed_s=0) == 100
+    assert run_loop.schedule_step(100, tc, elapsed_s=300) == 500  # half the time gone: half-way down the cosine
+    assert run_loop.schedule_step(100, tc, elapsed_s=9999) == 1000
+    assert run_loop.schedule_step(100, SimpleNamespace(max_minutes=0, max_steps=1000), elapsed_s=300) == 100

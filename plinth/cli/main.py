@@ -1,15 +1,16 @@
-"""The `plinth` command: a table of verbs, each a typed function of one config dataclass."""
+"""The `plinth` command: one table of verbs. A row maps words to "module:function" (imported only when that verb
+runs) and the config dataclass its options come from; adding a verb is adding a row."""
 
 from __future__ import annotations
 
-import json
+import importlib
 import os
 import sys
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass
 
 from plinth.cli.args import help_text, parse
-from plinth.common import PlinthError
+from plinth.common import PlinthError, PlinthWarning
 from plinth.config import (
     EvaluateConfig,
     GenerateConfig,
@@ -30,135 +31,40 @@ class NoArgs:
     """A verb that takes no options."""
 
 
-def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+@dataclass(frozen=True)
+class Verb:
+    """A row of the verb table: the function to call with the parsed config, the config class, a one-line summary."""
+
+    target: str
+    config: type
+    summary: str
 
 
-def quickstart_cmd(cfg: QuickstartConfig) -> int:
-    """Run the whole spine on a built-in corpus: prepare, tokenizer, pretrain, evaluate, sample, report."""
-    from plinth.training.quickstart import quickstart
-
-    result = quickstart(cfg)
-    print(f"\nreport: {result['report']}")
-    return 0 if result["pretrain"]["signal"] is None else 128 + result["pretrain"]["signal"]
-
-
-def pretrain_cmd(cfg: PretrainConfig) -> int:
-    """Pretrain a decoder-only transformer on token shards (resumes from the run folder's latest checkpoint)."""
-    from plinth.training.lm import pretrain
-
-    summary = pretrain(cfg)
-    _print_json(summary)
-    return 0 if summary["signal"] is None else 128 + summary["signal"]
-
-
-def evaluate_cmd(cfg: EvaluateConfig) -> int:
-    """Loss, perplexity and bits per byte of a trained model on any text (default: its validation split)."""
-    from plinth.evaluate import evaluate
-    from plinth.evaluate.language_model import LanguageModel
-
-    lm = LanguageModel.load(cfg.model, device=cfg.device)
-    _print_json(evaluate(lm, cfg.data or None, field=cfg.field, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens))
-    return 0
-
-
-def generate_cmd(cfg: GenerateConfig) -> int:
-    """Continue one or more prompts with a trained model (streamed for a single prompt)."""
-    from plinth.evaluate.language_model import LanguageModel
-
-    lm = LanguageModel.load(cfg.model, device=cfg.device)
-    opts = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                seed=cfg.seed)
-    if cfg.stream and len(cfg.prompts) == 1:
-        steps = lm.stream(cfg.prompts, **opts)
-        first = next(steps, [""])  # argument errors surface here, before the prompt is echoed
-        sys.stdout.write(cfg.prompts[0] + first[0])
-        for pieces in steps:
-            sys.stdout.write(pieces[0])
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        return 0
-    for prompt, text in zip(cfg.prompts, lm.generate(cfg.prompts, **opts)):
-        print(f"--- {prompt!r}\n{prompt}{text}")
-    return 0
-
-
-def data_prepare_cmd(cfg: PrepareConfig) -> int:
-    """Read raw files (text, JSONL, Parquet; gz/zst), clean, dedup, split train/val, write JSONL and a report."""
-    from plinth.data.ingest import prepare
-
-    if not cfg.inputs:
-        raise PlinthError("data prepare: give at least one input path, glob or builtin:NAME")
-    _print_json(prepare(cfg, progress=sys.stderr.isatty()))
-    return 0
-
-
-def data_builtin_cmd(_: NoArgs) -> int:
-    """List the corpora that install with the package (no download)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from plinth.data.corpus import list_builtin
-
-    table = Table("name", "documents", "characters", "description", "source / license")
-    for row in list_builtin():
-        table.add_row(row["name"], f"{row['documents']:,}", f"{row['characters']:,}", row["description"],
-                      f"{row['source']} ({row['license']})")
-    Console().print(table)
-    return 0
-
-
-def data_tokenize_cmd(cfg: TokenizeConfig) -> int:
-    """Encode prepared documents into packed, memory-mapped token shards with a sha256 manifest."""
-    from plinth.data.shards import write_shards
-
-    _print_json(write_shards(cfg, progress=sys.stderr.isatty()))
-    return 0
-
-
-def tokenizer_train_cmd(cfg: TokenizerConfig) -> int:
-    """Train a byte-level BPE (or character) tokenizer and save it as tokenizer.json."""
-    from plinth.data.tokenizer import train_tokenizer
-
-    tok = train_tokenizer(cfg)
-    print(f"wrote {cfg.out}: {cfg.kind} tokenizer, vocabulary {tok.vocab_size}")
-    return 0
-
-
-def models_ls_cmd(_: NoArgs) -> int:
-    """List the model size presets with parameter counts and training FLOPs per token."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from plinth.common import human_count
-    from plinth.models.gpt import preset_table
-
-    table = Table("preset", "layers", "heads", "kv heads", "d_model", "context", "parameters", "FLOPs/token")
-    for r in preset_table():
-        table.add_row(r["name"], str(r["n_layer"]), str(r["n_head"]), str(r["n_kv_head"]), str(r["d_model"]),
-                      str(r["seq_len"]), human_count(r["params"]), human_count(r["flops_per_token"]))
-    Console().print(table)
-    return 0
-
-
-VERBS: dict[tuple[str, ...], tuple[Callable[..., int], type]] = {
-    ("quickstart",): (quickstart_cmd, QuickstartConfig),
-    ("pretrain",): (pretrain_cmd, PretrainConfig),
-    ("evaluate",): (evaluate_cmd, EvaluateConfig),
-    ("generate",): (generate_cmd, GenerateConfig),
-    ("data", "prepare"): (data_prepare_cmd, PrepareConfig),
-    ("data", "builtin"): (data_builtin_cmd, NoArgs),
-    ("data", "tokenize"): (data_tokenize_cmd, TokenizeConfig),
-    ("tokenizer", "train"): (tokenizer_train_cmd, TokenizerConfig),
-    ("models", "ls"): (models_ls_cmd, NoArgs),
+VERBS: dict[tuple[str, ...], Verb] = {
+    ("quickstart",): Verb("plinth.cli.verbs:quickstart", QuickstartConfig,
+                          "run the whole spine on a built-in corpus: data, tokenizer, pretrain, evaluate, sample"),
+    ("pretrain",): Verb("plinth.cli.verbs:pretrain", PretrainConfig,
+                        "pretrain a decoder-only transformer on token shards (resumable)"),
+    ("evaluate",): Verb("plinth.cli.verbs:evaluate", EvaluateConfig,
+                        "loss, perplexity and bits per byte of a model on any text"),
+    ("generate",): Verb("plinth.cli.verbs:generate", GenerateConfig, "continue prompts with a model"),
+    ("data", "prepare"): Verb("plinth.cli.verbs:data_prepare", PrepareConfig,
+                              "read, clean, deduplicate and split raw files into train/val JSONL"),
+    ("data", "builtin"): Verb("plinth.cli.verbs:data_builtin", NoArgs, "list the corpora that ship with the package"),
+    ("data", "tokenize"): Verb("plinth.cli.verbs:data_tokenize", TokenizeConfig,
+                               "encode prepared documents into packed token shards"),
+    ("tokenizer", "train"): Verb("plinth.cli.verbs:tokenizer_train", TokenizerConfig,
+                                 "train a byte-level BPE or character tokenizer"),
+    ("models", "ls"): Verb("plinth.cli.verbs:models_ls", NoArgs, "list model families and size presets"),
 }
 
 
 def _overview() -> str:
     lines = ["usage: plinth VERB [ARGS] [--config FILE.yaml] [--FIELD VALUE ...]", "", "verbs:"]
-    for words, (fn, _) in VERBS.items():
-        lines.append(f"  {' '.join(words):<18} {fn.__doc__.splitlines()[0]}")
-    lines += ["", "`plinth VERB --help` lists a verb's options. Errors are one line; exit code 2."]
+    for words, verb in VERBS.items():
+        lines.append(f"  {' '.join(words):<18} {verb.summary}")
+    lines += ["", "`plinth VERB --help` lists a verb's options. Errors are one line; exit code 2.",
+              "`python -m plinth ...` is the same command (so `torchrun -m plinth ...` works)."]
     return "\n".join(lines)
 
 
@@ -173,8 +79,21 @@ def _find_verb(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
     raise PlinthError(f"unknown verb {argv[0]!r}; verbs: {', '.join(' '.join(w) for w in VERBS)}")
 
 
+def _target(verb: Verb):
+    module, name = verb.target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # A Plinth warning is for the user: one line, no source location. Others keep Python's format.
+    if issubclass(category, PlinthWarning):
+        print(f"plinth: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `plinth` console script."""
+    """Entry point of the `plinth` console script and `python -m plinth`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_overview())
@@ -184,15 +103,17 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"plinth {__version__}")
         return 0
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", PlinthWarning)
     try:
         words, rest = _find_verb(argv)
-        fn, cfg_cls = VERBS[words]
+        verb = VERBS[words]
         prog = "plinth " + " ".join(words)
         if "--help" in rest or "-h" in rest:
-            print(help_text(cfg_cls, prog, fn.__doc__ or ""))
+            print(help_text(verb.config, prog, verb.summary))
             return 0
-        cfg = parse(cfg_cls, rest, prog=prog)
-        return fn(cfg)
+        cfg = parse(verb.config, rest, prog=prog)
+        return _target(verb)(cfg)
     except PlinthError as e:
         print(f"plinth: error: {e}", file=sys.stderr)
         return 2

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plinth.common import PlinthError, atomic_dir, atomic_write_json, sha256_file
-from plinth.config import TokenizeConfig
-from plinth.data.ingest import SPLITS, prepared_file, prepared_lines, progress_bar
+from plinth.common import PlinthError, Progress, atomic_dir, atomic_write_json, sha256_file
+from plinth.config import TokenizeConfig, validate
+from plinth.data.prepare import SPLITS, prepared_file, prepared_lines
 from plinth.data.tokenizer import Tokenizer
 
 FORMAT = "plinth-token-shards"
@@ -108,18 +108,17 @@ def _tokenize_split(tok: Tokenizer, src: Path, dst: Path, shard_tokens: int, adv
     return manifest
 
 
-def write_shards(cfg: TokenizeConfig, progress: bool = False) -> dict:
+def write_shards(cfg: TokenizeConfig) -> dict:
     """Tokenize `cfg.input`/{train,val}.jsonl into `cfg.out`/{train,val}/ shards with manifests; return a report."""
-    if cfg.shard_tokens <= 0:
-        raise PlinthError(f"shard_tokens must be positive, not {cfg.shard_tokens}")
+    validate(cfg, "data tokenize")
     sources = {split: prepared_file(cfg.input, split) for split in SPLITS}
     tok = Tokenizer.load(cfg.tokenizer)
     total = sum(p.stat().st_size for p in sources.values())
     report = {"input": str(cfg.input), "tokenizer": str(cfg.tokenizer), "tokenizer_sha256": tok.sha256,
               "vocab_size": tok.vocab_size, "dtype": shard_dtype(tok.vocab_size).name}
-    with atomic_dir(cfg.out) as tmp, progress_bar(progress, total, "tokenize") as advance:
+    with atomic_dir(cfg.out) as tmp, Progress("tokenize", total=total, unit="B", enabled=cfg.progress) as bar:
         for split, src in sources.items():
-            manifest = _tokenize_split(tok, src, tmp / split, cfg.shard_tokens, advance)
+            manifest = _tokenize_split(tok, src, tmp / split, cfg.shard_tokens, lambda n: bar.update(advance=n))
             report[split] = {k: manifest[k] for k in ("documents", "tokens")} | {"shards": len(manifest["shards"])}
         atomic_write_json(tmp / "report.json", report)
     return report
@@ -193,7 +192,7 @@ def _require_tokens(shards: TokenShards, seq_len: int) -> None:
         raise PlinthError(f"seq_len must be positive, not {seq_len}")
     if shards.total_tokens < seq_len + 1:
         raise PlinthError(f"{shards.folder} has {shards.total_tokens} tokens, fewer than seq_len + 1 = {seq_len + 1}: "
-                          f"lower seq_len or add data")
+                          f"lower the context (--arch.seq_len) or add data")
 
 
 def _batch(shards: TokenShards, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,8 +243,13 @@ class WindowSampler:
 
 def iter_sequential_batches(shards: TokenShards, seq_len: int, batch_size: int,
                             max_batches: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Non-overlapping windows from the start, in order (the last batch may be short); for validation."""
-    _require_tokens(shards, seq_len)
+    """Non-overlapping windows from the start, in order (the last batch may be short); for validation.
+
+    A split shorter than `seq_len + 1` tokens is scored as one shorter window; under 2 tokens it yields nothing.
+    """
+    if shards.total_tokens < 2:
+        return
+    seq_len = min(seq_len, shards.total_tokens - 1)
     starts = np.arange((shards.total_tokens - 1) // seq_len, dtype=np.int64) * seq_len
     for n, i in enumerate(range(0, len(starts), batch_size)):
         if max_batches and n >= max_batches:

@@ -14,8 +14,9 @@ import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 
 from plinth.common import PlinthError, atomic_write_text
-from plinth.config import TokenizerConfig
-from plinth.data.ingest import iter_prepared, read_texts
+from plinth.config import TokenizerConfig, validate
+from plinth.data.prepare import iter_prepared
+from plinth.data.readers import read_texts
 
 EOS = "<|endoftext|>"
 SPECIAL_TOKENS = (EOS,)
@@ -25,12 +26,14 @@ _BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 class Tokenizer:
-    """A `tokenizers.Tokenizer` with Plinth's conventions: no special tokens added on encode, exact round trips."""
+    """A `tokenizers.Tokenizer` with Plinth's conventions: no special tokens added on encode, exact round trips,
+    special-token text parsed to its id exactly as `transformers` parses the same tokenizer.json."""
 
     def __init__(self, tok: tokenizers.Tokenizer, json_text: str | None = None):
         self._tok = tok
-        # Text that happens to contain "<|endoftext|>" stays text; only write_shards inserts the real separator.
-        self._tok.encode_special_tokens = True
+        # Special tokens written in the text (e.g. "<|endoftext|>") encode to their ids, as every reader of the
+        # saved tokenizer.json does (`transformers`' PreTrainedTokenizerFast included): the file cannot record
+        # another behaviour, and what Plinth trains with must be what the file says.
         self._json = json_text if json_text is not None else tok.to_str(pretty=True)
         self._token_bytes: np.ndarray | None = None
         self.sha256 = hashlib.sha256(self._json.encode("utf-8")).hexdigest()
@@ -176,11 +179,7 @@ def training_texts(source: str | os.PathLike) -> Iterator[str]:
 
 def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str] | None = None) -> Tokenizer:
     """Train a `cfg.kind` tokenizer on `texts` (default: read `cfg.input` lazily) and save it to `cfg.out`."""
-    if cfg.kind == "bpe" and cfg.vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
-        raise PlinthError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS) + 1} for byte-level BPE "
-                          f"(256 bytes + special tokens + merges), not {cfg.vocab_size}")
-    if cfg.kind not in ("bpe", "char"):
-        raise PlinthError(f"unknown tokenizer kind {cfg.kind!r}; choose bpe or char")
+    validate(cfg, "tokenizer train")
     seen = [0]
     stream = _counting(_limit_chars(training_texts(cfg.input) if texts is None else texts, cfg.max_chars), seen)
     tok = Tokenizer(_bpe(stream, cfg.vocab_size) if cfg.kind == "bpe" else _char(stream))

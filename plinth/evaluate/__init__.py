@@ -2,40 +2,58 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import types
 from collections.abc import Iterable
-from pathlib import Path
 
-from plinth.common import PlinthError
+from plinth.artifacts import read_run_state, resolve_stored_path
+from plinth.common import PlinthError, warn
 
 
 def evaluate(model, data: str | os.PathLike | Iterable[str] | None = None, field: str = "text", batch_size: int = 8,
-             max_tokens: int = 0) -> dict[str, float]:
-    """Loss, perplexity and bits per byte of `model` (a LanguageModel or a run/checkpoint path) on `data`.
+             max_tokens: int = 0, device: str = "auto") -> dict[str, float]:
+    """Loss (nats/token), perplexity and bits per byte of `model` on `data`.
 
-    With no `data`, scores the validation shards the model was trained with.
+    `model`: what `plinth.load` returns, or a run, checkpoint or model folder to load. `data`: a text, JSONL or
+    Parquet file, a folder or glob, builtin:NAME, or an iterable of strings; None scores the validation shards the
+    model was trained with. Raises PlinthError when the data holds no text or the run's shards are gone.
     """
-    from plinth.evaluate.language_model import LanguageModel
+    from plinth.data.readers import read_texts
+    from plinth.evaluate.lm import evaluate_texts
+    from plinth.pipelines import load
 
-    lm = model if isinstance(model, LanguageModel) else LanguageModel.load(model)
-    if data not in (None, ""):
-        return lm.evaluate(data, field=field, batch_size=batch_size, max_tokens=max_tokens)
-    return _evaluate_training_val(lm, batch_size, max_tokens)
+    lm = load(model, device=device) if isinstance(model, (str, os.PathLike)) else model
+    if batch_size < 1 or max_tokens < 0:
+        raise PlinthError(f"batch_size must be >= 1 and max_tokens >= 0 (got {batch_size}, {max_tokens})")
+    if data in (None, ""):
+        return _evaluate_training_val(lm, batch_size, max_tokens)
+    if isinstance(data, (str, os.PathLike)):
+        texts, source = read_texts(data, field=field), f"{data} (text field {field!r})"
+    else:
+        texts, source = data, "the given texts"
+    return evaluate_texts(lm.model, lm.tokenizer, texts, lm.config.seq_len, batch_size, max_tokens, source=source)
 
 
 def _evaluate_training_val(lm, batch_size: int, max_tokens: int) -> dict[str, float]:
     from plinth.data.shards import TokenShards, iter_sequential_batches
     from plinth.evaluate.lm import score_batches
 
-    run = json.loads((lm.path / "run.json").read_text(encoding="utf-8")) if lm.path else {}
-    shards = Path(run.get("config", {}).get("data", {}).get("shards", "")) / "val"
+    run_dir = lm.run_dir
+    if run_dir is None:
+        raise PlinthError(f"{lm.path}: not a training run's checkpoint, so no validation split; pass --data FILE")
+    run = read_run_state(lm.path)
+    stored = run.get("paths", {}).get("shards") or run.get("config", {}).get("data", {}).get("shards", "")
+    shards = resolve_stored_path(stored, run_dir) / "val"
     if not (shards / "manifest.json").is_file():
         raise PlinthError(f"{lm.path}: its validation shards ({shards}) are not available; pass --data FILE to score")
     val = TokenShards(shards)
+    if val.total_tokens < 2:
+        raise PlinthError(f"{shards}: the validation split is empty; pass --data FILE to score")
     seq_len = lm.config.seq_len
+    if val.total_tokens < seq_len + 1:
+        warn(f"{shards} has {val.total_tokens} tokens, fewer than a context ({seq_len}) + 1: scored as one shorter "
+             "window")
     max_batches = -(-max_tokens // (seq_len * batch_size)) if max_tokens else 0
     return score_batches(lm.model, iter_sequential_batches(val, seq_len, batch_size, max_batches=max_batches),
                          lm.tokenizer.token_bytes())
@@ -49,3 +67,4 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+__all__ = ["evaluate"]

@@ -1,18 +1,50 @@
-"""Model families and their I/O: `GPT` (Llama layout), decoding, and saving/loading model folders."""
+"""Model families and their I/O: the family registry, `GPT` (Llama layout), decoding, saving/loading model folders.
 
+Built-in families are registered here, one line each; see docs/architecture.md for adding a family.
+"""
+
+from typing import Any
+
+from plinth.models.cache import KVCache
 from plinth.models.generate import generate, generate_tokens, sample_next_token
-from plinth.models.gpt import GPT, KVCache, preset_table
-from plinth.models.io import load_hf_llama, load_model, save_hf_llama, save_model
+from plinth.models.gpt import GPT, GPTConfig, config_flops_per_token, config_params
+from plinth.models.gpt import PRESETS as GPT_PRESETS
+from plinth.models.io import load_hf_llama, load_model, load_weights, save_hf_llama, save_model
+from plinth.models.registry import (
+    Family,
+    build_model,
+    families,
+    family_of,
+    find_preset,
+    get_family,
+    make_config,
+    register,
+)
+
+register(Family("gpt", GPTConfig, GPT, GPT_PRESETS, "decoder-only transformer, Llama layout (RoPE, RMSNorm, "
+                                                      "SwiGLU, grouped-query attention)"))
+
+
+def preset(name: str, **overrides: Any):
+    """The config of preset `name` (of whichever family defines it) with field overrides; None keeps a field."""
+    return make_config(name, overrides, where="preset")
+
+
+def preset_table(vocab_size: int | None = None) -> list[dict]:
+    """One row per GPT size preset: shape, parameter count and training FLOPs per token (nothing is allocated)."""
+    rows = []
+    for name in GPT_PRESETS:
+        cfg = preset(name, vocab_size=vocab_size)
+        rows.append({
+            "family": "gpt", "name": name, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_kv_head": cfg.n_kv_head,
+            "d_model": cfg.d_model, "d_ff": cfg.d_ff, "vocab_size": cfg.vocab_size, "seq_len": cfg.seq_len,
+            "params": config_params(cfg), "flops_per_token": config_flops_per_token(cfg),
+        })
+    return rows
+
 
 __all__ = [
-    "GPT",
-    "KVCache",
-    "generate",
-    "generate_tokens",
-    "load_hf_llama",
-    "load_model",
-    "preset_table",
-    "sample_next_token",
-    "save_hf_llama",
-    "save_model",
+    "GPT", "Family", "GPTConfig", "KVCache", "build_model", "families", "family_of", "find_preset", "generate",
+    "generate_tokens", "get_family", "load_hf_llama", "load_model", "load_weights", "make_config", "preset",
+    "preset_table", "register", "sample_next_token", "save_hf_llama", "save_model",
 ]

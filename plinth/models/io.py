@@ -1,80 +1,75 @@
-"""Save and load model folders: Plinth's own (`config.json` + `model.safetensors`) and Hugging Face Llama ones.
+"""Save and load model folders of any family, and Hugging Face Llama folders.
 
-A Plinth model folder holds `model.safetensors` (one copy of a tied embedding) and `config.json` (the ModelConfig
-fields plus `family` and `format_version`). GPT's parameter names are HF Llama's, so HF conversion only renames
-config fields; no weight is permuted. Nothing here downloads or runs remote code: HF folders are read from disk.
+A Plinth model folder holds `model.safetensors` (one copy of each tied weight) and `config.json` (`family`,
+`format_version` and the family config's fields). The family picks the class from the registry. GPT's parameter
+names are HF Llama's, so HF conversion only renames config fields; no weight is permuted. Nothing here downloads or
+runs remote code: HF folders are read from disk.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
+from torch import nn
 
+from plinth.artifacts import FORMAT_VERSION, MODEL_CONFIG, MODEL_WEIGHTS, read_json
 from plinth.common import PlinthError, atomic_write_bytes, atomic_write_json
-from plinth.config import ModelConfig
-from plinth.models.gpt import GPT
+from plinth.models.gpt import GPT, GPTConfig
+from plinth.models.registry import config_from_dict, config_to_dict, family_of
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 HF_INDEX_FILE = "model.safetensors.index.json"
-_META_KEYS = ("family", "format_version")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Plinth model folders
 
 
-def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
-    """ModelConfig from a config.json dict; `family`/`format_version` are skipped, unknown or bad fields raise."""
-    known = {f.name for f in fields(ModelConfig)}
-    unknown = sorted(set(d) - known - set(_META_KEYS))
-    if unknown:
-        raise PlinthError(f"unknown model config fields: {', '.join(unknown)}")
-    try:
-        return ModelConfig(**{k: v for k, v in d.items() if k in known})
-    except (TypeError, ValueError) as e:
-        raise PlinthError(str(e)) from e
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)  # torch.compile's wrapper prefixes keys with `_orig_mod.`
 
 
-def _weights_to_save(model: GPT) -> dict[str, torch.Tensor]:
-    """The state dict as contiguous CPU-ready tensors, with a tied lm_head left out (safetensors refuses aliases)."""
-    tied = model.lm_head.weight is model.model.embed_tokens.weight
-    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+def tied_keys(model: nn.Module) -> set[str]:
+    """State-dict keys that alias an earlier key's tensor (a tied lm_head): stored once, restored by tying."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            tied.add(key)
+        else:
+            seen[id(tensor)] = key
+    return tied
 
 
-def save_model(model: GPT, directory: str | os.PathLike) -> None:
-    """Write `model.safetensors` and `config.json` into `directory`, each atomically."""
-    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile, whose keys carry a `_orig_mod.` prefix
+def weights_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous tensors, each tied alias left out (safetensors refuses aliases)."""
+    model = _unwrap(model)
+    skip = tied_keys(model)
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in skip}
+
+
+def save_model(model: nn.Module, directory: str | os.PathLike) -> None:
+    """Write `model.safetensors` and `config.json` into `directory`, each atomically (the config last)."""
+    model = _unwrap(model)
     directory = Path(directory)
-    data = safetensors.torch.save(_weights_to_save(model), metadata={"format": "pt"})
-    atomic_write_bytes(directory / WEIGHTS_FILE, data)
+    data = safetensors.torch.save(weights_to_save(model), metadata={"format": "pt"})
+    atomic_write_bytes(directory / MODEL_WEIGHTS, data)
     # The config goes last, so a folder with a config always has its weights beside it.
-    atomic_write_json(directory / CONFIG_FILE, {"family": "gpt", "format_version": FORMAT_VERSION,
-                                                **asdict(model.config)})
+    atomic_write_json(directory / MODEL_CONFIG, {**config_to_dict(model.config), "format_version": FORMAT_VERSION})
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`, or a PlinthError naming the file."""
-    if not path.is_file():
-        raise PlinthError(f"{path}: file not found (expected a model folder with {CONFIG_FILE} and {WEIGHTS_FILE})")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PlinthError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(obj, dict):
-        raise PlinthError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
+def read_model_config(directory: str | os.PathLike):
+    """The family config stored in `directory/config.json`; one-line PlinthError naming the file if it is bad."""
+    path = Path(directory) / MODEL_CONFIG
+    return config_from_dict(read_json(path, "model config"), str(path))
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file on CPU, or a PlinthError naming the file."""
+    path = Path(path)
     if not path.is_file():
         raise PlinthError(f"{path}: file not found")
     try:
@@ -83,65 +78,67 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise PlinthError(f"{path}: cannot read safetensors weights ({e})") from e
 
 
-def _build(
-    config: ModelConfig,
-    tensors: dict[str, torch.Tensor],
-    source: str,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None,
-) -> GPT:
-    """A GPT for `config` holding exactly `tensors`; PlinthError naming `source` when names or shapes differ."""
-    # Build on the meta device: no memory and no random init for weights about to be overwritten.
-    with torch.device("meta"):
-        model = GPT(config)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    tensors = dict(tensors)
-    if config.tie_embeddings:
-        # One matrix serves both; HF folders may still store the lm_head copy.
-        expected.pop("lm_head.weight")
-        tensors.pop("lm_head.weight", None)
-    missing = sorted(set(expected) - set(tensors))
+def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `tensors` into `model` in place (no second model is built); PlinthError naming `source` when the names
+    or shapes differ from the model's. Tied aliases may be absent (or present: then they must match in shape)."""
+    model = _unwrap(model)
+    state = model.state_dict()
+    optional = tied_keys(model)
+    expected = {k: v.shape for k, v in state.items()}
+    missing = sorted(set(expected) - set(tensors) - optional)
     unexpected = sorted(set(tensors) - set(expected))
     mismatched = [f"{k} {tuple(tensors[k].shape)} vs {tuple(s)}" for k, s in expected.items()
                   if k in tensors and tensors[k].shape != s]
     if missing or unexpected or mismatched:
         parts = [f"{label} ({len(items)}): {', '.join(items[:5])}{', ...' if len(items) > 5 else ''}"
                  for label, items in (("missing", missing), ("unexpected", unexpected),
-                                      ("shape mismatch (file vs config)", mismatched)) if items]
+                                      ("shape mismatch (file vs model)", mismatched)) if items]
         raise PlinthError(f"{source}: weights do not match the model config; " + "; ".join(parts))
-    model.to_empty(device=device)  # also recomputes the RoPE tables, which have no stored values
-    model.tie_weights()  # to_empty makes new Parameter objects, which unties them
-    model.to(dtype or torch.float32)
-    model.load_state_dict(tensors, strict=False)  # strictness checked above, modulo the tied lm_head
-    return model
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key not in optional:
+                state[key].copy_(value)
+
+
+def build_empty(config: Any, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
+    """A model of `config`'s family with uninitialised weights on `device` (for loading weights into)."""
+    # Built on the meta device: no memory and no random init for weights about to be overwritten.
+    with torch.device("meta"):
+        model = family_of(config).model_class(config)
+    model.to_empty(device=device)  # buffers with no stored values (RoPE tables) recompute themselves in _apply
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()  # to_empty makes new Parameter objects, which unties them
+    return model.to(dtype or torch.float32)
 
 
 def load_model(directory: str | os.PathLike, device: torch.device | str = "cpu",
-               dtype: torch.dtype | None = None) -> GPT:
-    """Rebuild the GPT saved by `save_model` in `directory` (fp32 unless `dtype` is given)."""
+               dtype: torch.dtype | None = None) -> nn.Module:
+    """Rebuild the model saved by `save_model` in `directory`, of whichever family its config.json names."""
     directory = Path(directory)
-    config_path = directory / CONFIG_FILE
-    raw = _read_json(config_path)
-    family = raw.get("family", "gpt")
-    if family != "gpt":
-        raise PlinthError(f"{config_path}: model family {family!r} is not loadable as a GPT")
-    version = raw.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise PlinthError(f"{config_path}: format_version {version!r} is newer than this Plinth reads "
-                          f"({FORMAT_VERSION}); upgrade plinth")
-    try:
-        config = model_config_from_dict(raw)
-    except PlinthError as e:
-        raise PlinthError(f"{config_path}: {e}") from e
-    weights_path = directory / WEIGHTS_FILE
-    return _build(config, _read_safetensors(weights_path), str(weights_path), device, dtype)
+    config = read_model_config(directory)
+    model = build_empty(config, device, dtype)
+    load_state(model, read_safetensors(directory / MODEL_WEIGHTS), str(directory / MODEL_WEIGHTS))
+    return model
+
+
+def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
+    """Load the weights saved in `directory` into `model` in place, after checking its config matches the model's."""
+    directory = Path(directory)
+    saved = read_model_config(directory)
+    current = _unwrap(model).config
+    a, b = config_to_dict(saved), config_to_dict(current)
+    diff = [f"{k} {a[k]!r} vs {b.get(k)!r}" for k in a if k != "name" and b.get(k) != a[k]]
+    if diff:
+        raise PlinthError(f"{directory / MODEL_CONFIG}: saved for a different model config ({'; '.join(diff[:4])}); "
+                          "use the same model settings (--model/--arch), or a new output folder to start afresh")
+    load_state(model, read_safetensors(directory / MODEL_WEIGHTS), str(directory / MODEL_WEIGHTS))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Hugging Face Llama folders
 
 
-def to_hf_llama_config(config: ModelConfig) -> dict[str, Any]:
+def to_hf_llama_config(config: GPTConfig) -> dict[str, Any]:
     """`transformers.LlamaConfig` keyword arguments describing the same architecture as `config`."""
     return {
         "vocab_size": config.vocab_size,
@@ -156,7 +153,7 @@ def to_hf_llama_config(config: ModelConfig) -> dict[str, Any]:
         "rope_parameters": {"rope_type": "default", "rope_theta": float(config.rope_theta)},
         "rms_norm_eps": config.norm_eps,
         "tie_word_embeddings": config.tie_embeddings,
-        "attention_bias": False,
+        "attention_bias": config.attention_bias,
         "mlp_bias": False,
         "hidden_act": "silu",
         # LlamaConfig's defaults (1, 2) are Llama-2's tokenizer ids, wrong for ours; the caller may set real ones.
@@ -174,32 +171,30 @@ def _hf_rope_theta(d: dict[str, Any]) -> float:
     return float(params.get("rope_theta", d.get("rope_theta", 10000.0)))
 
 
-def from_hf_llama_config(d: dict[str, Any]) -> ModelConfig:
-    """ModelConfig from an HF Llama config.json dict; PlinthError for Llama variants GPT cannot represent."""
+def from_hf_llama_config(d: dict[str, Any]) -> GPTConfig:
+    """GPTConfig from an HF Llama config.json dict; PlinthError for Llama variants GPT cannot represent."""
     if d.get("model_type", "llama") != "llama":
         raise PlinthError(f"model_type {d['model_type']!r} is not supported; only 'llama' is")
     if d.get("hidden_act", "silu") != "silu":
         raise PlinthError(f"hidden_act {d['hidden_act']!r} is not supported; only 'silu' is")
-    if d.get("attention_bias") or d.get("mlp_bias"):
-        raise PlinthError("attention_bias / mlp_bias are not supported: GPT's projections have no biases")
+    if d.get("mlp_bias"):
+        raise PlinthError("mlp_bias is not supported: GPT's MLP has no biases")
     try:
-        d_model, n_head = int(d["hidden_size"]), int(d["num_attention_heads"])
-        head_dim = d.get("head_dim")
-        if head_dim is not None and int(head_dim) * n_head != d_model:
-            raise PlinthError(f"head_dim {head_dim} * num_attention_heads {n_head} != hidden_size {d_model}; "
-                              f"GPT needs head_dim = hidden_size / num_attention_heads")
-        return ModelConfig(
+        n_head = int(d["num_attention_heads"])
+        return GPTConfig(
             name="hf-llama",
             vocab_size=int(d["vocab_size"]),
             n_layer=int(d["num_hidden_layers"]),
             n_head=n_head,
             n_kv_head=int(d.get("num_key_value_heads") or n_head),
-            d_model=d_model,
+            d_model=int(d["hidden_size"]),
+            head_dim=int(d.get("head_dim") or 0),
             d_ff=int(d["intermediate_size"]),
             seq_len=int(d.get("max_position_embeddings", 2048)),
             rope_theta=_hf_rope_theta(d),
-            norm_eps=float(d.get("rms_norm_eps", 1e-6)),  # LlamaConfig's default, not ModelConfig's
+            norm_eps=float(d.get("rms_norm_eps", 1e-6)),  # LlamaConfig's default, not GPTConfig's
             tie_embeddings=bool(d.get("tie_word_embeddings", False)),
+            attention_bias=bool(d.get("attention_bias", False)),
         )
     except KeyError as e:
         raise PlinthError(f"HF config lacks the field {e.args[0]!r}") from e
@@ -209,18 +204,18 @@ def from_hf_llama_config(d: dict[str, Any]) -> ModelConfig:
 
 def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     """Tensors of `model.safetensors`, or of every shard listed in `model.safetensors.index.json`."""
-    single, index = directory / WEIGHTS_FILE, directory / HF_INDEX_FILE
+    single, index = directory / MODEL_WEIGHTS, directory / HF_INDEX_FILE
     if single.is_file():
-        tensors = _read_safetensors(single)
+        tensors = read_safetensors(single)
     elif index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json(index, "safetensors index").get("weight_map")
         if not isinstance(weight_map, dict):
             raise PlinthError(f"{index}: no 'weight_map' object")
         tensors = {}
         for shard in sorted(set(weight_map.values())):
-            tensors.update(_read_safetensors(directory / shard))
+            tensors.update(read_safetensors(directory / shard))
     else:
-        raise PlinthError(f"{directory}: neither {WEIGHTS_FILE} nor {HF_INDEX_FILE} found "
+        raise PlinthError(f"{directory}: neither {MODEL_WEIGHTS} nor {HF_INDEX_FILE} found "
                           f"(only safetensors checkpoints are read, never pickled .bin files)")
     # Old checkpoints stored the RoPE inverse frequencies; they are recomputed from the config.
     return {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
@@ -230,24 +225,29 @@ def load_hf_llama(directory: str | os.PathLike, device: torch.device | str = "cp
                   dtype: torch.dtype | None = None) -> GPT:
     """A GPT from a local HF Llama folder (config.json + safetensors weights); fp32 unless `dtype` is given."""
     directory = Path(directory)
-    config_path = directory / CONFIG_FILE
+    config_path = directory / MODEL_CONFIG
     try:
-        config = from_hf_llama_config(_read_json(config_path))
+        config = from_hf_llama_config(read_json(config_path, "HF config"))
     except PlinthError as e:
         msg = str(e)
         raise PlinthError(msg if msg.startswith(str(config_path)) else f"{config_path}: {msg}") from e
-    return _build(config, _read_hf_weights(directory), str(directory), device, dtype)
+    model = build_empty(config, device, dtype)
+    tensors = _read_hf_weights(directory)
+    if config.tie_embeddings:
+        tensors.pop("lm_head.weight", None)  # one matrix serves both; HF folders may still store the copy
+    load_state(model, tensors, str(directory))
+    return model
 
 
 def save_hf_llama(model: GPT, directory: str | os.PathLike, extra_config: dict[str, Any] | None = None) -> None:
     """Write a folder `transformers.LlamaForCausalLM.from_pretrained` loads; `extra_config` adds e.g. eos_token_id."""
-    model = getattr(model, "_orig_mod", model)
+    model = _unwrap(model)
     directory = Path(directory)
-    data = safetensors.torch.save(_weights_to_save(model), metadata={"format": "pt"})
-    atomic_write_bytes(directory / WEIGHTS_FILE, data)
+    data = safetensors.torch.save(weights_to_save(model), metadata={"format": "pt"})
+    atomic_write_bytes(directory / MODEL_WEIGHTS, data)
     cfg = to_hf_llama_config(model.config)
     dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
     hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": dtype, **cfg,
           "rope_theta": cfg["rope_parameters"]["rope_theta"],  # for transformers < 4.56 readers
           **(extra_config or {})}
-    atomic_write_json(directory / CONFIG_FILE, hf)
+    atomic_write_json(directory / MODEL_CONFIG, hf)

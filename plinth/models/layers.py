@@ -21,6 +21,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise the last dimension of `x`; the result has `x`'s dtype times the gain's."""
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            # One fused kernel instead of five elementwise ones; same formula as below, equal to fp32 rounding.
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         input_dtype = x.dtype
         # fp32 statistics: in bf16 the mean of squares loses enough precision to move the logits.
         h = x.to(torch.float32)

@@ -1,99 +1,90 @@
-"""Self-describing, atomically written checkpoints with a sha256 manifest, rotation and `--resume auto`.
+"""Training checkpoints: the model folder plus optimizer, RNG and data position, written and restored exactly.
 
-A checkpoint folder `checkpoints/step_00000100/` holds:
-  model.safetensors, config.json   weights and what rebuilds the model (plinth.models.io)
-  tokenizer.json                   the tokenizer the model was trained with
-  trainer_state.pt                 optimizer state and RNG states (tensors only; loaded with weights_only=True)
-  run.json                         step, tokens seen, data position, the run's config
-  manifest.json                    sha256 and size of every file above; written last, so its presence marks completion
-The folder is assembled under a temp name and renamed into place, so a kill mid-write leaves the previous one intact.
+The folder format (file names, manifest, atomic commit, rotation, verification) belongs to `plinth.artifacts`; this
+module decides what a training run puts in it and how it comes back: weights loaded into the live model in place,
+optimizer state and every RNG restored, so a resumed run continues bit for bit.
 """
 
 from __future__ import annotations
 
 import ast
-import json
 import os
 import random
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from plinth.common import PlinthError, atomic_dir, atomic_write_json, list_checkpoints, verify_manifest, write_manifest
-from plinth.models.io import load_model, save_model
-
-FORMAT_VERSION = 1
+from plinth.artifacts import FORMAT_VERSION, RUN_STATE, TRAINER_STATE, read_run_state, read_trainer_state
+from plinth.artifacts import write_checkpoint as write_checkpoint_folder
+from plinth.common import PlinthError, atomic_write_json
+from plinth.models.io import load_weights, save_model
 
 
 def rng_state() -> dict[str, Any]:
     """Every RNG a run touches, as tensors and plain values (safe for weights_only loading)."""
     np_state = np.random.get_state()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
         "numpy_pos": int(np_state[2]),
         "python": repr(random.getstate()),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what rng_state() captured."""
-    torch.set_rng_state(state["torch"])
-    keys = state["numpy_keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
-    py = ast.literal_eval(state["python"])
-    random.setstate((py[0], tuple(py[1]), py[2]))
+def set_rng_state(state: dict[str, Any], source: str = "trainer state") -> None:
+    """Restore what rng_state() captured; PlinthError naming `source` if the entries are malformed."""
+    try:
+        torch.set_rng_state(state["torch"])
+        keys = state["numpy_keys"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", keys, int(state["numpy_pos"]), 0, 0.0))
+        py = ast.literal_eval(state["python"])
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError, SyntaxError, AttributeError) as e:
+        raise PlinthError(f"{source}: damaged RNG state ({type(e).__name__}); the file is damaged") from None
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    run_state: dict[str, Any], tokenizer_path: str | os.PathLike, keep: int = 2) -> Path:
-    """Write checkpoint `step` atomically under `run_dir/checkpoints`, then delete all but the newest `keep`."""
-    final = Path(run_dir) / "checkpoints" / f"step_{step:08d}"
-    with atomic_dir(final) as tmp:
+                    run_state: dict[str, Any], assets: dict[str, str | os.PathLike], keep: int = 2) -> Path:
+    """Write checkpoint `step` (model, `assets` copied under their names, trainer state, run.json) atomically.
+
+    Raises PlinthError naming the checkpoint when the disk is full or not writable; earlier checkpoints stay valid.
+    """
+
+    def fill(tmp: Path) -> None:
         save_model(model, tmp)
-        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-        torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / "trainer_state.pt")
-        atomic_write_json(tmp / "run.json", {"format_version": FORMAT_VERSION, "step": step, **run_state})
-        write_manifest(tmp, step=step)
-    for old in list_checkpoints(run_dir)[: -max(keep, 2)]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+        for name, path in assets.items():
+            shutil.copyfile(path, tmp / name)
+        torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / TRAINER_STATE)
+        atomic_write_json(tmp / RUN_STATE, {"format_version": FORMAT_VERSION, **run_state, "step": step})
+
+    return write_checkpoint_folder(run_dir, step, fill, keep)
 
 
-def latest_valid_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """Newest checkpoint that passes verification (a corrupt newest one falls back to the one before)."""
-    for ckpt in reversed(list_checkpoints(run_dir)):
-        try:
-            verify_manifest(ckpt)
-            return ckpt
-        except PlinthError as e:
-            print(f"warning: skipping damaged checkpoint: {e}", file=sys.stderr)
-    return None
+def restore_checkpoint(ckpt: str | os.PathLike, model: torch.nn.Module,
+                       optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Load a (verified) checkpoint into the live `model` in place, and the optimizer and RNG states; return run.json.
 
-
-def restore_checkpoint(ckpt: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                       expect_model_config: dict | None = None, verified: bool = False) -> dict[str, Any]:
-    """Verify a checkpoint (unless `verified`), load its weights into `model` (and optimizer + RNG); return run.json."""
+    Every file read fails with one line naming it: a damaged run.json, config.json or trainer_state.pt, or weights
+    that do not fit the model being trained.
+    """
     ckpt = Path(ckpt)
-    if not verified:
-        verify_manifest(ckpt)
-    run_state = json.loads((ckpt / "run.json").read_text(encoding="utf-8"))
-    if expect_model_config is not None and run_state.get("model_config") != expect_model_config:
-        raise PlinthError(f"{ckpt}: was trained with a different model config; use the same --model/--arch "
-                          "settings, or a new --train.out_dir to start afresh")
-    saved = load_model(ckpt, device="cpu")
-    try:
-        model.load_state_dict(saved.state_dict())
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise PlinthError(f"{ckpt}: weights do not fit this model ({first})") from None
+    run_state = read_run_state(ckpt)
+    load_weights(model, ckpt)
     if optimizer is not None:
         device = next(model.parameters()).device
-        state = torch.load(ckpt / "trainer_state.pt", map_location=device, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        state = read_trainer_state(ckpt / TRAINER_STATE, device)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise PlinthError(f"{ckpt / TRAINER_STATE}: optimizer state does not fit this model "
+                              f"({str(e).splitlines()[0][:120]}); the file is damaged or from another run") from None
+        set_rng_state(state["rng"], str(ckpt / TRAINER_STATE))
     return run_state

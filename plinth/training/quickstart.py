@@ -13,20 +13,24 @@ from typing import Any
 
 from plinth.common import atomic_write_text, human_count
 from plinth.config import (
-    ArchOverrides,
     DataConfig,
+    OptimConfig,
     PrepareConfig,
     PretrainConfig,
     QuickstartConfig,
+    RunConfig,
+    SystemConfig,
     TokenizeConfig,
     TokenizerConfig,
-    TrainConfig,
+    validate,
 )
-from plinth.data.ingest import prepare
+from plinth.data.prepare import prepare
 from plinth.data.shards import write_shards
 from plinth.data.tokenizer import train_tokenizer
-from plinth.evaluate.language_model import LanguageModel
+from plinth.evaluate import evaluate
+from plinth.pipelines import load
 from plinth.runlog import plot_loss_curve, read_metrics
+from plinth.training.lm import pretrain
 
 SAMPLE_PROMPTS = ["Fellow citizens,", "The economy of the nation", "We must"]
 
@@ -40,7 +44,7 @@ def _data_stages(cfg: QuickstartConfig, data_dir: Path) -> tuple[dict, dict]:
     _stage("1/5 prepare data", (prepared / "report.json").is_file())
     if not (prepared / "report.json").is_file():
         prepare(PrepareConfig(inputs=[f"builtin:{cfg.corpus}"], out=str(prepared), val_fraction=0.02,
-                              max_docs=cfg.max_docs), progress=cfg.progress)
+                              max_docs=cfg.max_docs, progress=cfg.progress))
     data_report = json.loads((prepared / "report.json").read_text(encoding="utf-8"))
 
     tokenizer_path = data_dir / "tokenizer.json"
@@ -53,8 +57,8 @@ def _data_stages(cfg: QuickstartConfig, data_dir: Path) -> tuple[dict, dict]:
     shards = data_dir / "shards"
     _stage("   tokenize into shards", (shards / "train" / "manifest.json").is_file())
     if not (shards / "train" / "manifest.json").is_file():
-        write_shards(TokenizeConfig(input=str(prepared), tokenizer=str(tokenizer_path), out=str(shards)),
-                     progress=cfg.progress)
+        write_shards(TokenizeConfig(input=str(prepared), tokenizer=str(tokenizer_path), out=str(shards),
+                                    progress=cfg.progress))
     shard_report = {split: json.loads((shards / split / "manifest.json").read_text(encoding="utf-8"))
                     for split in ("train", "val")}
     return data_report, shard_report
@@ -62,6 +66,7 @@ def _data_stages(cfg: QuickstartConfig, data_dir: Path) -> tuple[dict, dict]:
 
 def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     """Prepare the corpus, train a tokenizer, pretrain, evaluate, sample, and write `report.md` in `cfg.out`."""
+    validate(cfg, "quickstart")
     start = time.perf_counter()
     out = Path(cfg.out)
     data_dir = out / "data"
@@ -69,19 +74,18 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
 
     _stage("3/5 pretrain", False)
     pcfg = PretrainConfig(
-        model=cfg.model, arch=ArchOverrides(seq_len=cfg.seq_len),
+        model=cfg.model, arch={"seq_len": cfg.seq_len},
         data=DataConfig(shards=str(data_dir / "shards"), tokenizer=str(data_dir / "tokenizer.json")),
-        train=TrainConfig(out_dir=str(out), max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                          warmup_steps=max(1, cfg.max_steps // 20), eval_every=max(1, cfg.max_steps // 6),
-                          ckpt_every=max(1, cfg.max_steps // 6), max_minutes=cfg.max_minutes, device=cfg.device,
-                          precision=cfg.precision, progress=cfg.progress, seed=cfg.seed, eval_batches=16))
-    from plinth.training.lm import pretrain
-
+        optim=OptimConfig(lr=cfg.lr, batch_size=cfg.batch_size, warmup_steps=max(1, cfg.max_steps // 20)),
+        run=RunConfig(out_dir=str(out), max_steps=cfg.max_steps, eval_every=max(1, cfg.max_steps // 6),
+                      ckpt_every=max(1, cfg.max_steps // 6), max_minutes=cfg.max_minutes, progress=cfg.progress,
+                      eval_batches=16),
+        system=SystemConfig(device=cfg.device, precision=cfg.precision, seed=cfg.seed))
     summary = pretrain(pcfg)
 
     _stage("4/5 evaluate on held-out speeches", False)
-    lm = LanguageModel.load(out, device=cfg.device)
-    metrics = lm.evaluate(data_dir / "prepared" / "val.jsonl", batch_size=cfg.batch_size)
+    lm = load(out, device=cfg.device)
+    metrics = evaluate(lm, data_dir / "prepared" / "val.jsonl", batch_size=cfg.batch_size)
     print(f"validation: loss {metrics['loss']:.3f} nats/token, perplexity {metrics['perplexity']:.1f}, "
           f"{metrics['bpb']:.3f} bits/byte over {metrics['tokens']:,} tokens")
 

@@ -1,0 +1,90 @@
+"""The key/value cache of a decoder, with its own bookkeeping: slots filled, which slots hold real tokens, and the
+RoPE position each row continues from.
+
+Every row advances by the same number of slots per forward call (left padding fills slots too), so one integer
+`length` says where the next keys go; `key_mask` hides the pad slots from attention and `next_pos` keeps each row's
+RoPE positions counted from its first real token. A model calls `begin` once per forward (positions and mask for the
+new tokens), `update` once per layer (store and return keys/values), and `end` after the last layer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from plinth.common import PlinthError
+
+
+def attention_mask(key_mask: torch.Tensor, start: int, T: int) -> torch.Tensor:
+    """Bool (B, 1, T, S) mask: query i (at slot start+i) sees real keys j <= start+i, and always itself.
+
+    `key_mask` (B, S) is True at real-token slots. Letting a pad query see itself keeps every row of the mask
+    non-empty, so softmax never divides by zero (a fully masked row gives NaN in some SDPA kernels); pad outputs are
+    discarded anyway.
+    """
+    S = key_mask.shape[1]
+    q_slot = torch.arange(start, start + T, device=key_mask.device)[:, None]  # (T, 1)
+    k_slot = torch.arange(S, device=key_mask.device)[None, :]  # (1, S)
+    allowed = (k_slot <= q_slot) & key_mask[:, None, :]  # (B, T, S)
+    allowed = allowed | (k_slot == q_slot)
+    return allowed[:, None]  # (B, 1, T, S): broadcast over heads
+
+
+def padded_positions(real: torch.Tensor) -> torch.Tensor:
+    """RoPE positions (B, T) counted from each row's first real token; pads before it get 0 (never attended)."""
+    return (real.long().cumsum(1) - 1).clamp(min=0)
+
+
+class KVCache:
+    """Preallocated keys/values for every layer of a batch of `batch_size` rows, up to `max_len` slots each."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.key_mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # True = real token
+        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.batch_size, self.max_len = batch_size, max_len
+        self.length = 0  # slots filled, the same for every row
+        self.has_padding = False  # any pad slot so far; without one, attention can skip the explicit mask
+
+    def begin(self, attention_mask_bt: torch.Tensor | None, T: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Record T new slots: return their RoPE positions (B, T) and the attention mask over the cache (or None).
+
+        `attention_mask_bt` (B, T) is True for real tokens (None = all real). Raises PlinthError if the batch size
+        differs or the new tokens do not fit.
+        """
+        start = self.length
+        if start + T > self.max_len:
+            raise PlinthError(f"KV cache holds {self.max_len} tokens per row; cannot add {T} after {start}")
+        real = attention_mask_bt
+        if real is None:
+            real = torch.ones(self.batch_size, T, dtype=torch.bool, device=self.key_mask.device)
+        else:
+            if real.shape != (self.batch_size, T):
+                raise PlinthError(f"KV cache holds {self.batch_size} rows; got a mask of shape {tuple(real.shape)}")
+            if not self.has_padding:
+                self.has_padding = not bool(real.all())  # one host sync per masked call, none per decode step
+        positions = (self.next_pos[:, None] + real.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+        self.key_mask[:, start:start + T] = real
+        self.next_pos += real.long().sum(1)
+        if not self.has_padding and (start == 0 or T == 1):
+            return positions, None  # plain causal prefill, or one new token that may see everything
+        return positions, attention_mask(self.key_mask[:, :start + T], start, T)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this call's keys/values (B, n_kv_head, T, hd) at the current length; return all held so far."""
+        end = self.length + k.shape[2]
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, n_kv_head, end, hd)
+
+    def end(self, T: int) -> None:
+        """Mark the T slots of this forward call as filled (after every layer has called `update`)."""
+        self.length += T
+
+    def reset(self) -> None:
+        """Empty the cache for reuse with a new batch of the same size."""
+        self.length, self.has_padding = 0, False
+        self.key_mask.zero_()
+        self.next_pos.zero_()
