@@ -197,13 +197,13 @@ def validate(obj: Any, source: str = "config", prefix: str = "") -> None:
         if dataclasses.is_dataclass(value):
             validate(value, source, f"{prefix}{f.name}.")
             continue
+        name = f"{prefix}{f.name}"
         choices = f.metadata.get("choices")
         if choices and value not in choices:
-            raise PlinthError(f"{source}: field {prefix}{f.name!r} must be one of {', '.join(map(str, choices))}, "
-                              f"got {value!r}")
+            raise PlinthError(f"{source}: field {name!r} must be one of {', '.join(map(str, choices))}, got {value!r}")
         problem = _bound_problem(value, f.metadata)
         if problem:
-            raise PlinthError(f"{source}: field {prefix}{f.name!r} {problem}")
+            raise PlinthError(f"{source}: field {name!r} {problem}")
     check = getattr(obj, "check", None)
     if callable(check):
         try:
@@ -228,7 +228,7 @@ DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N"
 class OptimConfig:
     """The optimiser (AdamW), its learning-rate schedule (linear warmup, cosine decay) and its batch."""
 
-    lr: float = _f(3e-3, "peak learning rate", gt=0.0, max=10.0)
+    lr: float = _f(3e-3, "peak learning rate", gt=0.0)
     min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak (cosine floor)", min=0.0, max=1.0)
     warmup_steps: int = _f(50, "linear warmup steps (capped at half the run, with a warning)", min=0)
     weight_decay: float = _f(0.1, "AdamW weight decay (matrices only; not norms or biases)", min=0.0)
@@ -381,7 +381,7 @@ class QuickstartConfig:
     max_steps: int = _f(600, "pretraining steps", min=1)
     batch_size: int = _f(16, "sequences per step", min=1)
     seq_len: int = _f(256, "context length", min=8)
-    lr: float = _f(3e-3, "peak learning rate", gt=0.0, max=10.0)
+    lr: float = _f(3e-3, "peak learning rate", gt=0.0)
     max_minutes: float = _f(7.0, "stop pretraining after this many minutes (0 = no limit)", min=0.0)
     max_docs: int = _f(0, "use at most this many documents (0 = all)", min=0)
     device: str = _f("auto", DEVICE_HELP)
