@@ -92,12 +92,8 @@ def test_gradient_accumulation_normalises_by_all_counted_targets():
         torch.manual_seed(1)
         model = build_model(preset("test", vocab_size=64, seq_len=16))
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        batches = iter(parts)
-
-        class Source:
-            next_batch = staticmethod(lambda: next(batches))
-
-        objective = run_loop.Objective("t", masked_lm_loss, Source())
+        source = type("Source", (), {"next_batch": staticmethod(iter(parts).__next__)})
+        objective = run_loop.Objective("t", masked_lm_loss, source())
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
         r = run_loop.train_step(model, model, opt, objective, len(parts), torch.device("cpu"), "fp32", 0.0)
         assert r.bad is None
