@@ -356,6 +356,7 @@ class EvaluateConfig:
     field: str = _f("text", "JSONL / Parquet field holding the text")
     batch_size: int = _f(8, "sequences per batch", min=1)
     max_tokens: int = _f(0, "score at most this many tokens (0 = all)", min=0)
+    compressors: bool = _f(False, "also report bz2, xz and gzip bits per byte on the same text, as a yardstick")
     device: str = _f("auto", DEVICE_HELP)
 
 

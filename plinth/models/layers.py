@@ -41,10 +41,15 @@ def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
 
 
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables of shape positions.shape + (head_dim,), fp32, in HF's (freqs, freqs) layout."""
+    """cos and *signed* sin tables of shape positions.shape + (head_dim,), fp32.
+
+    cos is HF's cat(cos f, cos f); the sin table carries the sign of HF's `rotate_half` in its first half,
+    cat(-sin f, sin f), so rotating needs one swap of halves instead of a negation and a concatenation (see
+    `apply_rotary`): x*cos + swap(x)*sin_signed == HF's x*cos + rotate_half(x)*sin, exactly (negation is exact).
+    """
     freqs = positions[..., None].float() * inv_freq.to(positions.device)  # (..., head_dim/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (..., head_dim)
-    return emb.cos(), emb.sin()
+    cos, sin = freqs.cos(), freqs.sin()
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -53,12 +58,14 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate queries (B, n_head, T, hd) and keys (B, n_kv_head, T, hd) by cos/sin of shape (T, hd) or (B, 1, T, hd)."""
-    cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, heads, T, hd) by tables (T, hd) or (B, 1, T, hd) from `rope_cos_sin` (sin signed).
+
+    Three kernels: x*cos, the halves swapped, and one fused multiply-add.
+    """
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.addcmul(x * cos, torch.cat((x2, x1), dim=-1), sin)
 
 
 class RotaryEmbedding(nn.Module):
@@ -119,4 +126,8 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, d_model) -> (B, T, d_model)."""
+        if torch.is_grad_enabled():
+            # Training: gate and up as one matmul (see `Attention._projections` for why only when training).
+            gate, up = F.linear(x, torch.cat([self.gate_proj.weight, self.up_proj.weight])).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
