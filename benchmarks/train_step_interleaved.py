@@ -88,7 +88,8 @@ def plinth_variant(package: str, shape: dict, next_batch):
     return model, lambda: lm.train_step(model, model, opt, next_batch, 1, device, "fp32", GRAD_CLIP)[0]
 
 
-def measure(shape_name: str, packages: dict[str, str], rounds: int, seconds: float, data) -> list[list]:
+def measure(shape_name: str, packages: dict[str, str], rounds: int, seconds: float, data,
+            clock=time.perf_counter) -> list[list]:
     import torch
 
     shape = SHAPES[shape_name]
@@ -113,9 +114,9 @@ def measure(shape_name: str, packages: dict[str, str], rounds: int, seconds: flo
     while r < rounds and (r < 5 or time.perf_counter() - start < seconds):
         order = names[r % len(names):] + names[:r % len(names)]  # rotate, so no variant always runs first
         for name in order:
-            t = time.perf_counter()
+            t = clock()
             losses[name].append(variants[name]())
-            times[name].append(time.perf_counter() - t)
+            times[name].append(clock() - t)
         r += 1
     other = meter.cores()
     tokens = shape["batch"] * shape["seq_len"]
@@ -139,7 +140,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=200, help="at most this many rounds per shape")
     ap.add_argument("--seconds", type=float, default=60.0, help="stop a shape after this long (at least 5 rounds)")
     ap.add_argument("--quick", action="store_true", help="shape a, 5 rounds")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default: one per core)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time steps by this thread's CPU time (with --threads 1): robust when other processes share "
+                         "the cores, since time spent descheduled is not counted")
     args = ap.parse_args()
+    if args.cpu_time and args.threads != 1:
+        ap.error("--cpu-time needs --threads 1 (other threads' CPU time is not this thread's)")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     print_header("Interleaved training-step benchmark (benchmarks/train_step_interleaved.py)")
     data, desc = char_data()
     print(f"data      {desc}\n")
@@ -152,11 +163,13 @@ def main() -> None:
         shapes = ["a"] if args.quick else [s.strip() for s in args.shapes.split(",")]
         rows = []
         for s in shapes:
-            rows += measure(s, packages, 5 if args.quick else args.rounds, 0 if args.quick else args.seconds, data)
+            rows += measure(s, packages, 5 if args.quick else args.rounds, 0 if args.quick else args.seconds, data,
+                            clock=time.thread_time if args.cpu_time else time.perf_counter)
     first = next(iter(packages))
     print_table(["variant", "step ms (median)", "IQR ms", "tok/s", "speed vs baseline",
                  f"speed vs {first}", "loss first->last", "steps", "other CPU"], rows)
-    print("\nspeed = baseline (or reference) median step time / this variant's; > 1 means faster. IQR = interquartile "
+    print(("\nStep times are this thread's CPU time (--cpu-time, 1 thread).\n" if args.cpu_time else "\n")
+          + "speed = baseline (or reference) median step time / this variant's; > 1 means faster. IQR = interquartile "
           "range of the step times.\nother CPU = cores used by other processes while the shape ran (0 = the machine "
           f"was ours). Load avg at end: {load_avg()}")
 

@@ -116,6 +116,8 @@ def coerce(value: Any, tp, where: str, strict: bool = False) -> Any:
     if inner is str:
         if isinstance(value, (dict, list)) or (strict and not isinstance(value, str)):
             raise PlinthError(f"{where}: expects a string, got {type(value).__name__}")
+        if isinstance(value, bool):  # YAML reads on/off/yes/no as booleans; string options spell them on/off
+            return "on" if value else "off"
         return str(value)
     raise PlinthError(f"{where}: unsupported field type {tp}")
 
@@ -265,7 +267,10 @@ class SystemConfig:
     device: str = _f("auto", DEVICE_HELP)
     precision: str = _f("auto", "auto (bf16 where the hardware runs it natively, else fp32), fp32 or bf16",
                         choices=("auto", "fp32", "bf16"))
-    compile: bool = _f(False, "torch.compile the model")
+    compile: str = _f("auto", "torch.compile the model for training steps: on, off, or auto = on when the run is "
+                              "expected to train at least 3 minutes (its FLOP budget at 30% of the measured peak, or "
+                              "its time limit), so the 10-40 s of compiling pays for itself",
+                      choices=("auto", "on", "off"))
     seed: int = _f(1337, "seed for weights, data order and dropout", min=0)
 
 

@@ -86,22 +86,15 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.attention_bias)
 
     def _projections(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Rotated queries (B, n_head, T, hd), rotated keys and values (B, n_kv_head, T, hd)."""
+        """Rotated queries (B, n_head, T, hd), rotated keys and values (B, n_kv_head, T, hd).
+
+        Three matmuls, not one on concatenated weights: measured no faster for training on a CPU, and a copy of the
+        weights per decoded token would cost more than the matmul it replaces.
+        """
         B, T, _ = x.shape
-        nq, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
-        if torch.is_grad_enabled():
-            # Training: one matmul for q, k and v (one GEMM and two in backward instead of three and six), and one
-            # rotation for q and k together. The weights are concatenated per call: cheap next to a batch of
-            # tokens, but not next to decoding one token, so inference keeps the three separate projections.
-            bias = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias,
-                                                                     self.v_proj.bias])
-            w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-            qkv = F.linear(x, w, bias).view(B, T, nq + 2 * nkv, hd).transpose(1, 2)  # (B, nq + 2 nkv, T, hd)
-            qk = apply_rotary(qkv[:, : nq + nkv], cos, sin)  # (B, nq + nkv, T, hd)
-            return qk[:, :nq], qk[:, nq:], qkv[:, nq + nkv:]
-        q = self.q_proj(x).view(B, T, nq, hd).transpose(1, 2)  # (B, n_head, T, hd)
-        k = self.k_proj(x).view(B, T, nkv, hd).transpose(1, 2)  # (B, n_kv_head, T, hd)
-        v = self.v_proj(x).view(B, T, nkv, hd).transpose(1, 2)  # (B, n_kv_head, T, hd)
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hd)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,

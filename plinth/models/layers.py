@@ -22,7 +22,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise the last dimension of `x`; the result has `x`'s dtype times the gain's."""
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            # One fused kernel instead of five elementwise ones; same formula as below, equal to fp32 rounding.
+            # torch's own op (the same formula as below, equal to fp32 rounding; one fused kernel on GPUs).
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         input_dtype = x.dtype
         # fp32 statistics: in bf16 the mean of squares loses enough precision to move the logits.
@@ -126,8 +126,4 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, d_model) -> (B, T, d_model)."""
-        if torch.is_grad_enabled():
-            # Training: gate and up as one matmul (see `Attention._projections` for why only when training).
-            gate, up = F.linear(x, torch.cat([self.gate_proj.weight, self.up_proj.weight])).chunk(2, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -78,6 +78,7 @@ class Objective:
     units_in: Callable[[Any], int] = lambda batch: int(batch[0].numel())
     unit: str = "tok"
     flops_per_unit: float = 0.0
+    units_per_batch: int = 0  # known in advance (e.g. batch x seq_len), for `compile auto`; 0 = unknown
 
 
 @dataclass
@@ -202,6 +203,36 @@ def _resume_point(rc: RunConfig) -> Path | None:
     return resolve_checkpoint(rc.resume)
 
 
+COMPILE_AUTO_SECONDS = 180  # `compile auto` compiles runs expected to train at least this long
+_ASSUMED_MFU = 0.3  # for that estimate: a typical eager fraction of the measured matmul peak
+
+
+def _expected_seconds(objective: Objective, optim: OptimConfig, rc: RunConfig, peak: float) -> float:
+    """Training seconds the run is expected to take: its FLOP budget at 30% of `peak`, capped by its time limit."""
+    if not (objective.flops_per_unit and objective.units_per_batch and peak):
+        return 0.0
+    flops = rc.max_steps * optim.grad_accum * objective.units_per_batch * objective.flops_per_unit
+    seconds = flops / (_ASSUMED_MFU * peak)
+    return min(seconds, rc.max_minutes * 60) if rc.max_minutes > 0 else seconds
+
+
+def _maybe_compile(model: torch.nn.Module, mode: str, expected_s: float) -> torch.nn.Module:
+    """The module training steps call: `torch.compile(model)` when `mode` is on, or auto and the run is long.
+
+    Compiling costs 10-40 s on a 2-core CPU and makes a step 10-15% faster (docs/benchmarks.md), so `auto` compiles
+    only runs expected to last `COMPILE_AUTO_SECONDS`. Evaluation keeps the eager model. A platform where inductor
+    cannot build kernels (no C++ compiler) falls back to eager with a warning instead of failing the run.
+    """
+    if mode == "off" or (mode == "auto" and expected_s < COMPILE_AUTO_SECONDS):
+        return model
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    why = "asked for" if mode == "on" else f"the run is expected to train ~{expected_s / 60:.0f} min"
+    print(f"compiling the model for training steps (torch.compile; {why})", flush=True)
+    return torch.compile(model)
+
+
 def _finished(run_state: dict, rc: RunConfig) -> bool:
     out_of_time = rc.max_minutes > 0 and run_state["elapsed_s"] >= rc.max_minutes * 60
     return run_state["step"] >= rc.max_steps or out_of_time
@@ -253,8 +284,8 @@ def _run(model, objective: Objective, spec: RunSpec, run_dir: Path, ckpt: Path |
     warmup = effective_warmup(optim, rc)
     _write_config(run_dir, spec)
     log = MetricsLog(run_dir, resume_step=state.step if ckpt is not None else None)
-    fwd = torch.compile(model) if sc.compile else model
     peak = measured_peak_flops(device, precision) if objective.flops_per_unit else 0.0
+    fwd = _maybe_compile(model, sc.compile, _expected_seconds(objective, optim, rc, peak))
     n_params, n_train = count_parameters(model), count_parameters(model, trainable_only=True)
     print(f"{objective.name}: {human_count(n_params)} parameters ({human_count(n_train)} trainable); {precision} on "
           f"{device}" + (f"; resuming from {ckpt} (step {state.step})" if ckpt is not None else ""), flush=True)
