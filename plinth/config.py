@@ -267,10 +267,9 @@ class SystemConfig:
     device: str = _f("auto", DEVICE_HELP)
     precision: str = _f("auto", "auto (bf16 where the hardware runs it natively, else fp32), fp32 or bf16",
                         choices=("auto", "fp32", "bf16"))
-    compile: str = _f("auto", "torch.compile the model for training steps: on, off, or auto = on when the run is "
-                              "expected to train at least 3 minutes (its FLOP budget at 30% of the measured peak, or "
-                              "its time limit), so the 10-40 s of compiling pays for itself",
-                      choices=("auto", "on", "off"))
+    compile: str = _f("auto", "torch.compile the model for training steps: on, off, or auto = time the first 3 "
+                              "steps and compile if at least 2 minutes of training are left, so the 10-40 s of "
+                              "compiling pays for itself", choices=("auto", "on", "off"))
     seed: int = _f(1337, "seed for weights, data order and dropout", min=0)
 
 

@@ -454,25 +454,32 @@ def test_fault13_bits_per_byte_is_documented():
     assert "docs/metrics.md" in (REPO / "README.md").read_text()
 
 
-def test_compile_auto_compiles_only_runs_long_enough_to_pay_for_it():
-    from plinth.config import OptimConfig, RunConfig
-    from plinth.training.run import COMPILE_AUTO_SECONDS, Objective, _expected_seconds, _maybe_compile
+def test_compile_auto_decides_after_timing_the_first_steps(monkeypatch):
+    from types import SimpleNamespace
 
-    objective = Objective("t", None, None, flops_per_unit=1e7, units_per_batch=4096)
-    peak = 1e11  # 100 GFLOP/s: 30% of it trains 4096-token batches of 1e7 FLOPs/token in ~1.4 s per step
-    short = _expected_seconds(objective, OptimConfig(), RunConfig(max_steps=10), peak)
-    long = _expected_seconds(objective, OptimConfig(), RunConfig(max_steps=10_000), peak)
-    capped = _expected_seconds(objective, OptimConfig(), RunConfig(max_steps=10_000, max_minutes=2), peak)
-    assert short < COMPILE_AUTO_SECONDS < long and capped == 120
+    from plinth.config import RunConfig, SystemConfig, apply_mapping
+    from plinth.training import run as r
+
+    monkeypatch.setattr(torch, "compile", lambda m: SimpleNamespace(compiled=m))
     model = torch.nn.Linear(2, 2)
-    assert _maybe_compile(model, "auto", short) is model and _maybe_compile(model, "off", long) is model
-    assert _maybe_compile(model, "auto", long) is not model and _maybe_compile(model, "on", 0) is not model
+    short, long = r._Compile(model, "auto", None), r._Compile(model, "auto", None)
+    for step in (1, 2, 3):
+        short.after_step(step, 0.5, RunConfig(max_steps=100), elapsed_s=step * 0.5)  # ~50 s left: not worth it
+        long.after_step(step, 0.5, RunConfig(max_steps=10_000), elapsed_s=step * 0.5)  # ~83 min left
+    assert short.decided is False and short.fwd is model
+    assert long.decided is True and long.fwd.compiled is model
+    capped = r._Compile(model, "auto", None)
+    for step in (1, 2, 3):
+        capped.after_step(step, 0.5, RunConfig(max_steps=10_000, max_minutes=1), elapsed_s=step * 0.5)
+    assert capped.decided is False  # the time limit leaves under 2 minutes
+    assert r._Compile(model, "auto", True).fwd.compiled is model  # a resumed run keeps the stored decision
+    assert r._Compile(model, "off", True).fwd is model and r._Compile(model, "on", None).decided is True
     assert parse(PretrainConfig, ["--system.compile", "off"]).system.compile == "off"
-    import yaml
-
-    assert yaml.safe_load("compile: off") == {"compile": False}  # YAML's boolean reading of on/off is undone
-    from plinth.config import SystemConfig, apply_mapping
-
     sc = SystemConfig()
-    apply_mapping(sc, {"compile": False}, "config.yaml")
+    apply_mapping(sc, {"compile": False}, "config.yaml")  # YAML reads `compile: off` as a boolean
     assert sc.compile == "off"
+
+
+def test_compile_auto_decision_is_stored_in_checkpoints(tiny_data, tmp_path):
+    pretrain(tiny_config(tiny_data, tmp_path / "run", max_steps=4, eval_every=0))
+    assert json.loads((resolve_checkpoint(tmp_path / "run") / "run.json").read_text())["compiled"] is False

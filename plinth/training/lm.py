@@ -88,7 +88,7 @@ def lm_objective(train_split: TokenShards, val: TokenShards | None, seq_len: int
         return score_batches(model, batches, token_bytes, precision)
 
     return Objective("pretrain", lm_loss, sampler, evaluate if val is not None else None,
-                     flops_per_unit=flops_per_token, units_per_batch=cfg.optim.batch_size * seq_len)
+                     flops_per_unit=flops_per_token)
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
