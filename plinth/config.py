@@ -383,7 +383,8 @@ class QuickstartConfig:
     corpus: str = _f("sotu", "built-in corpus name (see `plinth data builtin`)")
     model: str = _f("tiny", "model size preset")
     vocab_size: int = _f(4096, "BPE vocabulary size", min=258)
-    max_steps: int = _f(600, "pretraining steps", min=1)
+    max_steps: int = _f(3000, "pretraining steps (with max_minutes, the LR schedule follows whichever budget is "
+                                 "further spent)", min=1)
     batch_size: int = _f(16, "sequences per step", min=1)
     seq_len: int = _f(256, "context length", min=8)
     lr: float = _f(3e-3, "peak learning rate", gt=0.0)

