@@ -505,3 +505,35 @@ def test_progress_plain_and_live():
     with Progress("x", total=10, stream=quiet, enabled=False) as bar:
         bar.update(completed=10)
     assert quiet.getvalue() == ""
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_everywhere_with_a_warning(tiny_data, tmp_path, capsys):
+    pretrain(tiny_config(tiny_data, tmp_path / "run", max_steps=4, ckpt_every=2, eval_every=0))
+    newest = resolve_checkpoint(tmp_path / "run")
+    assert newest.name == "step_00000004"
+    with open(newest / "model.safetensors", "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.warns(PlinthWarning, match="skipping damaged checkpoint.*step_00000004"):
+        lm = plinth.load(tmp_path / "run")
+    assert lm.path.name == "step_00000002"
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "run"), "--prompts", "the", "--max_new_tokens", "3"]) == 0
+    assert "warning: skipping damaged checkpoint" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "run"), "--max_tokens", "200"]) == 0
+    assert "warning: skipping damaged checkpoint" in capsys.readouterr().err
+
+
+def test_a_newer_format_is_refused_with_a_clear_error(tiny_data, tmp_path):
+    pretrain(tiny_config(tiny_data, tmp_path / "run", max_steps=2, eval_every=0))
+    ckpt = resolve_checkpoint(tmp_path / "run")
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    (ckpt / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(PlinthError, match="format_version 99 is newer than this Plinth reads .1.; upgrade plinth"):
+        plinth.load(ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "format_version": 7}))
+    from plinth.models.io import read_model_config
+
+    with pytest.raises(PlinthError, match="config.json: format_version 7 is newer"):
+        read_model_config(ckpt)
