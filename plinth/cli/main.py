@@ -119,8 +119,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"plinth {__version__}")
         return 0
-    warnings.showwarning = _show_warning
-    warnings.simplefilter("always", PlinthWarning)
+    # The CLI's warning display lasts for this call only: a Python caller (or a test) that calls main() keeps its own.
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("always", PlinthWarning)
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     try:
         words, rest = _find_verb(argv)
         verb = VERBS[words]
