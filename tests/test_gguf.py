@@ -431,3 +431,99 @@ def test_write_rejects_bad_input(tmp_path, tokenizer):
     small = {**config, "vocab_size": 10, "tie_word_embeddings": True}
     _one_line_error(write_gguf, target, small, _random_state(small), tokenizer.to_str(), match="vocab_size")
     assert not target.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Through Plinth: `plinth import` / `plinth export` / plinth.load of GGUF files
+
+
+def test_import_gguf_gives_transformers_logits_with_a_quantized_tensor(tmp_path, tokenizer, capsys):
+    import plinth
+    from plinth.cli.main import main
+
+    path = tmp_path / "m.gguf"
+    write_tiny_gguf(path, tiny_spec(tied=False), tokenizer, mixed_types)  # Q8_0/Q4_0/Q4_1/Q5_x/F16/BF16 tensors
+    assert main(["import", str(path), "--out", str(tmp_path / "p")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {"Q4_0", "Q4_1", "Q8_0", "BF16"} <= set(summary["tensor_types"])
+    reference = hf_gguf_model(path)
+    for source in (tmp_path / "p", path):
+        lm = plinth.load(source, device="cpu")
+        ids = torch.randint(0, lm.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            torch.testing.assert_close(lm.model(ids), reference(input_ids=ids).logits, rtol=0, atol=1e-5)
+    assert lm.settings.eos_token_ids == [tokenizer.token_to_id("<|im_end|>")]
+    assert lm.settings.bos_token == "<|im_start|>" and lm.settings.add_bos_token is False
+
+
+def _raw_tensors(path):
+    from gguf import GGUFReader
+
+    return {t.name: (t.tensor_type.name, np.array(t.data).tobytes()) for t in GGUFReader(path).tensors}
+
+
+def test_pitfall_gqa_permutation_round_trip_gives_identical_tensors(tmp_path, tokenizer):
+    from plinth.cli.main import main
+
+    # 8 query heads, 2 key/value heads: undoing k's permutation with the query head count would scramble k
+    spec = tiny_spec(tied=False, n_head=8, n_kv_head=2, d_model=64)
+    path = tmp_path / "src.gguf"
+    write_tiny_gguf(path, spec, tokenizer)
+    assert main(["import", str(path), "--out", str(tmp_path / "p")]) == 0
+    assert main(["export", str(tmp_path / "p"), "--format", "gguf", "--out", str(tmp_path / "back.gguf")]) == 0
+    before, after = _raw_tensors(path), _raw_tensors(tmp_path / "back.gguf")
+    assert sorted(before) == sorted(after)
+    for name in before:
+        assert before[name] == after[name], name
+    meta = read_gguf(tmp_path / "back.gguf").metadata
+    assert meta["tokenizer.ggml.pre"] == "gpt2" and meta["llama.attention.head_count_kv"] == 2
+
+
+def test_pitfall_no_output_tensor_means_tied_head(tmp_path, tokenizer):
+    import plinth
+
+    path = tmp_path / "tied.gguf"
+    source, _ = write_tiny_gguf(path, tiny_spec(tied=True), tokenizer)
+    assert "output.weight" not in _raw_tensors(path)
+    lm = plinth.load(path, device="cpu")
+    assert lm.model.lm_head.weight is lm.model.model.embed_tokens.weight  # tied, never left random
+    assert torch.equal(lm.model.lm_head.weight, torch.from_numpy(source["model.embed_tokens.weight"]))
+    ids = torch.randint(0, lm.config.vocab_size, (1, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(ids), hf_gguf_model(path)(input_ids=ids).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16", "q8_0"])
+def test_export_gguf_dtypes_read_back_in_plinth_and_transformers(tmp_path, tokenizer, dtype):
+    import plinth
+    from plinth.cli.main import main
+
+    path = tmp_path / "src.gguf"
+    write_tiny_gguf(path, tiny_spec(tied=False), tokenizer)
+    (tmp_path / "o").mkdir()
+    out = tmp_path / "o" / f"{dtype}.gguf"
+    assert main(["export", str(path), "--format", "gguf", "--dtype", dtype, "--out", str(out)]) == 0
+    ours, theirs = plinth.load(out, device="cpu"), hf_gguf_model(out)
+    ids = torch.randint(0, ours.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.model(ids), theirs(input_ids=ids).logits, rtol=0, atol=1e-5)
+    assert {t for t, _ in _raw_tensors(out).values()} == {"F32", dtype.upper()}
+
+
+def test_bad_gguf_files_are_one_line_errors_and_write_nothing(tmp_path, tokenizer, capsys):
+    from plinth.cli.main import main
+
+    whole = tmp_path / "whole.gguf"
+    write_tiny_gguf(whole, tiny_spec(), tokenizer)
+    (tmp_path / "cut.gguf").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    write_tiny_gguf(tmp_path / "gpt2.gguf", tiny_spec(arch="gpt2"), tokenizer)
+    cases = [(tmp_path / "missing.gguf", "no such file"), (tmp_path / "cut.gguf", "truncated"),
+             (tmp_path / "gpt2.gguf", "architecture 'gpt2' is not supported")]
+    for path, needle in cases:
+        out = tmp_path / f"out-{path.stem}"
+        code = main(["import", str(path), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and err.count("\n") == 1 and "Traceback" not in err, err
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(f".out-{path.stem}")]
+    assert main(["import", "builtin:nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown built-in model 'nope'" in capsys.readouterr().err

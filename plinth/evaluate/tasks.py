@@ -111,7 +111,7 @@ def read_task(path: str | os.PathLike) -> Task:
         raise PlinthError(f"{path}: task file not found")
     examples, kinds = [], set()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 etc. may sit inside strings
     except (OSError, UnicodeDecodeError) as e:
         raise PlinthError(f"{path}: cannot read the task file ({e})") from None
     for n, line in enumerate(lines, 1):
@@ -160,7 +160,7 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if correct == 0 else max(0.0, centre - half)), (1.0 if correct == n else min(1.0, centre + half))
 
 
 def _metric(name: str, hits: list[bool]) -> dict[str, Any]:
