@@ -21,21 +21,15 @@ from typing import Any
 from plinth.common import PlinthError
 
 
-def _lm_eval():
+def _lm_base():
     try:
-        import lm_eval  # noqa: F401
         from lm_eval.api.model import LM
-        from lm_eval.api.registry import register_model
     except ImportError:
         raise PlinthError("lm-eval is not installed: pip install \"plinth[eval]\" (or lm-eval==0.4.13)") from None
-    return LM, register_model
+    return LM
 
 
-_LM, _register = _lm_eval()
-
-
-@_register("plinth")
-class PlinthLM(_LM):
+class PlinthLM(_lm_base()):
     """lm-eval's `LM` interface over a Plinth `LanguageModel` (anything `plinth.load` reads: a model folder, a GGUF
     file, an HF folder, builtin:NAME). `model_args`: path, device (auto), batch_size (16), max_new_tokens (256)."""
 
@@ -51,6 +45,18 @@ class PlinthLM(_LM):
         self.lm = lm if lm is not None else load(source, device=device or "auto")
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16  # "auto" -> the default
         self.max_new_tokens = int(max_new_tokens)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> PlinthLM:
+        """lm-eval's constructor path: `--model_args` win over its own `--device`/`--batch_size` defaults."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**{**extra, **arg_dict})
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> PlinthLM:
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     @property
     def tokenizer_name(self) -> str:
@@ -81,6 +87,17 @@ class PlinthLM(_LM):
                 temperature=temperature, stop=until))
             out.append(text)
         return out
+
+
+def register() -> None:
+    """Put `PlinthLM` in lm-eval's model registry as "plinth" (once; importing this module does it)."""
+    from lm_eval.api.registry import model_registry
+
+    if "plinth" not in model_registry:
+        model_registry.register("plinth", target="plinth.evaluate.lm_eval_adapter:PlinthLM")
+
+
+register()
 
 
 def main() -> None:
