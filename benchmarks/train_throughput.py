@@ -6,7 +6,7 @@
 
 What it prints:
 1. the machine's matmul peak (large square GEMM, fp32 and bf16), the denominator of MFU;
-2. for two shapes, tokens/s, MFU and peak memory of the exact step `plinth pretrain` runs (`training.lm.train_step`)
+2. for two shapes, tokens/s, MFU and peak memory of the exact step `plinth pretrain` runs (`training.run.train_step`)
    in four variants (eager/compiled x fp32/bf16-autocast), beside a baseline GPT of the same shape written inline
    here (LayerNorm, GELU MLP, learned positions, SDPA causal attention, AdamW: nanoGPT's model), and the ratios;
 3. what `resolve_precision("auto")` picks on this machine ("default settings") and the targets, PASS/MISS.
@@ -262,20 +262,22 @@ def build(shape: dict, which: str, precision: str):
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=BETAS)
         return model, (lambda fwd, nb: baseline_step(fwd, opt, nb, precision)), baseline_flops_per_token(**shape)
-    from plinth.config import ModelConfig
-    from plinth.models.gpt import GPT
-    from plinth.training.lm import train_step
+    from plinth.models import GPT, GPTConfig
+    from plinth.training.lm import lm_loss
     from plinth.training.optim import make_adamw
+    from plinth.training.run import Objective, train_step
 
-    cfg = ModelConfig(vocab_size=shape["vocab"], n_layer=shape["n_layer"], n_head=shape["n_head"],
-                      n_kv_head=shape["n_head"], d_model=shape["d_model"], seq_len=shape["seq_len"])
+    cfg = GPTConfig(vocab_size=shape["vocab"], n_layer=shape["n_layer"], n_head=shape["n_head"],
+                    n_kv_head=shape["n_head"], d_model=shape["d_model"], seq_len=shape["seq_len"])
     model = GPT(cfg)
     opt = make_adamw(model, LR, WEIGHT_DECAY, BETAS)
     device = torch.device("cpu")
 
     def step(fwd, next_batch):
-        loss, _, _ = train_step(fwd, model, opt, next_batch, 1, device, precision, GRAD_CLIP)
-        return loss
+        # The exact step `plinth pretrain` runs: the shared run's train_step with the LM objective.
+        source = type("Batches", (), {"next_batch": staticmethod(next_batch)})()
+        return train_step(model, fwd, opt, Objective("pretrain", lm_loss, source), 1, device, precision,
+                          GRAD_CLIP).loss
 
     return model, step, model.flops_per_token(cfg.seq_len)
 

@@ -95,10 +95,12 @@ def read_trainer_state(path: str | os.PathLike, device: torch.device | str = "cp
         raise PlinthError(f"{path}: trainer state not found")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PlinthError(f"{path}: not a readable trainer state ({first[:160]}); the file is damaged or not "
-                          "Plinth's (it was not run: only tensors are loaded)") from None
+    except pickle.UnpicklingError:
+        raise PlinthError(f"{path}: not a readable trainer state (it holds objects other than tensors and plain "
+                          "values, which are never loaded); the file is damaged or not Plinth's") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        raise PlinthError(f"{path}: not a readable trainer state (truncated or not a torch file: "
+                          f"{type(e).__name__}); the file is damaged or not Plinth's") from None
     if not isinstance(state, dict) or not {"optimizer", "rng"} <= set(state):
         raise PlinthError(f"{path}: trainer state lacks 'optimizer'/'rng'; the file is damaged or not Plinth's")
     return state

@@ -117,6 +117,8 @@ def coerce(value: Any, tp, where: str, strict: bool = False) -> Any:
     if inner is str:
         if isinstance(value, (dict, list)) or (strict and not isinstance(value, str)):
             raise PlinthError(f"{where}: expects a string, got {type(value).__name__}")
+        if isinstance(value, bool):  # YAML reads on/off/yes/no as booleans; string options spell them on/off
+            return "on" if value else "off"
         return str(value)
     raise PlinthError(f"{where}: unsupported field type {tp}")
 
@@ -267,7 +269,9 @@ class SystemConfig:
     device: str = _f("auto", DEVICE_HELP)
     precision: str = _f("auto", "auto (bf16 where the hardware runs it natively, else fp32), fp32 or bf16",
                         choices=("auto", "fp32", "bf16"))
-    compile: bool = _f(False, "torch.compile the model")
+    compile: str = _f("auto", "torch.compile the model for training steps: on, off, or auto = time the first 3 "
+                              "steps and compile if at least 2 minutes of training are left, so the 10-40 s of "
+                              "compiling pays for itself", choices=("auto", "on", "off"))
     seed: int = _f(1337, "seed for weights, data order and dropout", min=0)
 
 
@@ -360,6 +364,7 @@ class EvaluateConfig:
     field: str = _f("text", "JSONL / Parquet field holding the text")
     batch_size: int = _f(8, "sequences per batch", min=1)
     max_tokens: int = _f(0, "score at most this many tokens (0 = all)", min=0)
+    compressors: bool = _f(False, "also report bz2, xz and gzip bits per byte on the same text, as a yardstick")
     device: str = _f("auto", DEVICE_HELP)
 
 

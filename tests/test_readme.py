@@ -154,5 +154,7 @@ def test_readme_scripts_run(tmp_path):
     proc = _run(["bash", "scripts/quickstart.sh", "--out", str(out), *TINY["quickstart"]], REPO)
     assert (out / "report.md").is_file() and (out / "loss.png").is_file()
     assert "bits/byte" in proc.stdout
+    report = (out / "report.md").read_text()
+    assert "| held-out sotu |" in report and "Gospel of Mark" in report and "bz2" in report
     proc = _run(["bash", "scripts/test.sh", "--collect-only", "tests/test_architecture.py"], REPO)
     assert "test_no_backward_imports" in proc.stdout

@@ -212,7 +212,7 @@ def test_compiled_training_matches_eager(tiny_data, tmp_path):
     """torch.compile takes ~1 min on 2 CPU cores, hence opt-in (`pytest -m slow`)."""
     eager = pretrain(tiny_config(tiny_data, tmp_path / "eager", max_steps=3, ckpt_every=0, eval_every=0))
     compiled = pretrain(tiny_config(tiny_data, tmp_path / "compiled", max_steps=3, ckpt_every=0, eval_every=0,
-                                    compile=True))
+                                    compile="on"))
     assert step_losses(tmp_path / "compiled") == pytest.approx(step_losses(tmp_path / "eager"), abs=1e-4)
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-3)
 

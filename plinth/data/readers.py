@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from plinth.common import PlinthError
 from plinth.data.clean import encode_clean
-from plinth.data.corpus import builtin_files
+from plinth.data.corpus import BUILTIN, builtin_files, iter_builtin
 
 TEXT_EXTS = (".txt", ".md")
 JSON_EXTS = (".jsonl", ".json", ".ndjson")
@@ -76,9 +76,39 @@ def _under(path: Path, folder: Path | None) -> bool:
     return folder is not None and folder.resolve() in path.resolve().parents
 
 
+class BuiltinSource:
+    """A built-in corpus whose documents are built from its files (not one per file), read as one input.
+
+    It answers the few Path methods the readers use: `resolve()`, `stat().st_size`, `name`.
+    """
+
+    def __init__(self, corpus: str) -> None:
+        self.corpus, self.name = corpus, f"builtin:{corpus}"
+        self.files = builtin_files(corpus)  # reports a missing package now, not mid-read
+
+    def resolve(self) -> BuiltinSource:
+        return self
+
+    def stat(self) -> os.stat_result:
+        size = sum(p.stat().st_size for p in self.files)
+        return os.stat_result((0, 0, 0, 0, 0, 0, size, 0, 0, 0))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BuiltinSource) and other.corpus == self.corpus
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __str__(self) -> str:
+        return self.name
+
+
 def _expand_one(spec: str, exclude: Path | None) -> tuple[list[Path], int]:
     if spec.startswith("builtin:"):
-        return builtin_files(spec.removeprefix("builtin:")), 0
+        name = spec.removeprefix("builtin:")
+        if name in BUILTIN and BUILTIN[name].documents is not None:
+            return [BuiltinSource(name)], 0
+        return builtin_files(name), 0
     path = Path(spec).expanduser()
     if path.is_file():
         if file_format(path) is None:
@@ -271,6 +301,9 @@ _READERS: dict[str, Callable[[Path, str], Iterator[Record]]] = {
 
 def iter_records(path: str | os.PathLike, field: str = "text") -> Iterator[Record]:
     """Yield (raw text, "") per document of one file, or (None, reason) per bad record; raise BadFile if corrupt."""
+    if isinstance(path, BuiltinSource):
+        yield from ((text, "") for text in iter_builtin(path.corpus))
+        return
     path = Path(path)
     fmt = file_format(path)
     if fmt is None:

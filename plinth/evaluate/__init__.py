@@ -12,12 +12,13 @@ from plinth.common import PlinthError, warn
 
 
 def evaluate(model, data: str | os.PathLike | Iterable[str] | None = None, field: str = "text", batch_size: int = 8,
-             max_tokens: int = 0, device: str = "auto") -> dict[str, float]:
-    """Loss (nats/token), perplexity and bits per byte of `model` on `data`.
+             max_tokens: int = 0, device: str = "auto", compressors: bool = False) -> dict[str, float]:
+    """Loss (nats/token), perplexity and bits per byte of `model` on `data` (definitions: docs/metrics.md).
 
     `model`: what `plinth.load` returns, or a run, checkpoint or model folder to load. `data`: a text, JSONL or
     Parquet file, a folder or glob, builtin:NAME, or an iterable of strings; None scores the validation shards the
-    model was trained with. Raises PlinthError when the data holds no text or the run's shards are gone.
+    model was trained with. `compressors` adds `bz2_bpb`, `xz_bpb` and `gzip_bpb` on the same documents (not with
+    `max_tokens`). Raises PlinthError when the data holds no text or the run's shards are gone.
     """
     from plinth.data.readers import read_texts
     from plinth.evaluate.lm import evaluate_texts
@@ -32,7 +33,16 @@ def evaluate(model, data: str | os.PathLike | Iterable[str] | None = None, field
         texts, source = read_texts(data, field=field), f"{data} (text field {field!r})"
     else:
         texts, source = data, "the given texts"
-    return evaluate_texts(lm.model, lm.tokenizer, texts, lm.config.seq_len, batch_size, max_tokens, source=source)
+    if compressors:
+        if max_tokens:
+            raise PlinthError("compressors compare on the whole text: drop max_tokens, or compressors")
+        texts = list(texts)
+    result = evaluate_texts(lm.model, lm.tokenizer, texts, lm.config.seq_len, batch_size, max_tokens, source=source)
+    if compressors:
+        from plinth.evaluate.compression import compressor_bits_per_byte
+
+        result.update({f"{k}_bpb": v for k, v in compressor_bits_per_byte(texts).items() if k != "bytes"})
+    return result
 
 
 def _evaluate_training_val(lm, batch_size: int, max_tokens: int) -> dict[str, float]:

@@ -91,14 +91,23 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.attention_bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, layer: int) -> torch.Tensor:
-        """(B, T, d_model) -> (B, T, d_model); `mask` (B, 1, T, S) bool, or None for plain causal attention."""
+    def _projections(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Rotated queries (B, n_head, T, hd), rotated keys and values (B, n_kv_head, T, hd).
+
+        Three matmuls, not one on concatenated weights: measured no faster for training on a CPU, and a copy of the
+        weights per decoded token would cost more than the matmul it replaces.
+        """
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hd)
-        q, k = apply_rotary(q, k, cos, sin)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None, layer: int) -> torch.Tensor:
+        """(B, T, d_model) -> (B, T, d_model); `mask` (B, 1, T, S) bool, or None for plain causal attention."""
+        B, T, _ = x.shape
+        q, k, v = self._projections(x, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, n_kv_head, S, hd), S = cached + T
         # SDPA's native GQA beats repeating k/v heads on CPU (1.2x training, 8x one-token decode over a cache,

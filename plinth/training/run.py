@@ -202,6 +202,49 @@ def _resume_point(rc: RunConfig) -> Path | None:
     return resolve_checkpoint(rc.resume)
 
 
+COMPILE_AUTO_SECONDS = 120  # `compile auto` compiles when at least this much training is left after the probe
+COMPILE_PROBE_STEPS = 3  # eager steps timed before `compile auto` decides
+
+
+class _Compile:
+    """Which module the training steps call: the model, or `torch.compile(model)`.
+
+    `on` compiles from the first step, `off` never. `auto` times the first `COMPILE_PROBE_STEPS` steps of the run
+    eagerly, then compiles if the training left (steps left x measured step time, capped by the time limit) is at least
+    `COMPILE_AUTO_SECONDS`: compiling costs 10-40 s on a 2-core CPU and makes a step 10-20% faster
+    (docs/benchmarks.md), so short runs and tests never pay for it. The decision is stored in each checkpoint, so a
+    resumed run steps exactly as an uninterrupted one. Evaluation always uses the eager model. Where inductor cannot
+    build kernels (no C++ compiler), torch falls back to eager with a warning instead of failing the run.
+    """
+
+    def __init__(self, model: torch.nn.Module, mode: str, decided: bool | None) -> None:
+        self.model, self.mode = model, mode
+        self.decided = {"on": True, "off": False}.get(mode, decided)
+        self.fwd = self._compiled("asked for") if self.decided else model
+        self.step_seconds: list[float] = []
+
+    def _compiled(self, why: str) -> torch.nn.Module:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
+        print(f"compiling the model for training steps (torch.compile; {why})", flush=True)
+        return torch.compile(self.model)
+
+    def after_step(self, step: int, seconds: float, rc: RunConfig, elapsed_s: float) -> None:
+        """Record a step's time; at the end of the probe, decide (auto only)."""
+        if self.decided is not None:
+            return
+        self.step_seconds.append(seconds)
+        if step < COMPILE_PROBE_STEPS:
+            return
+        left = (rc.max_steps - step) * sorted(self.step_seconds)[len(self.step_seconds) // 2]
+        if rc.max_minutes > 0:
+            left = min(left, rc.max_minutes * 60 - elapsed_s)
+        self.decided = left >= COMPILE_AUTO_SECONDS
+        if self.decided:
+            self.fwd = self._compiled(f"about {left / 60:.0f} min of training left")
+
+
 def _finished(run_state: dict, rc: RunConfig) -> bool:
     out_of_time = rc.max_minutes > 0 and run_state["elapsed_s"] >= rc.max_minutes * 60
     return run_state["step"] >= rc.max_steps or out_of_time
@@ -245,7 +288,7 @@ def _run(model, objective: Objective, spec: RunSpec, run_dir: Path, ckpt: Path |
     optim, rc, sc = spec.optim, spec.run, spec.system
     model.to(device)
     optimizer = make_adamw(model, optim.lr, optim.weight_decay, (optim.beta1, optim.beta2))
-    state = _State()
+    state, saved = _State(), {}
     if ckpt is not None:
         saved = restore_checkpoint(ckpt, model, optimizer)
         objective.batches.load_state_dict(saved["data"])
@@ -253,8 +296,8 @@ def _run(model, objective: Objective, spec: RunSpec, run_dir: Path, ckpt: Path |
     warmup = effective_warmup(optim, rc)
     _write_config(run_dir, spec)
     log = MetricsLog(run_dir, resume_step=state.step if ckpt is not None else None)
-    fwd = torch.compile(model) if sc.compile else model
     peak = measured_peak_flops(device, precision) if objective.flops_per_unit else 0.0
+    compiled = _Compile(model, sc.compile, saved.get("compiled"))
     n_params, n_train = count_parameters(model), count_parameters(model, trainable_only=True)
     print(f"{objective.name}: {human_count(n_params)} parameters ({human_count(n_train)} trainable); {precision} on "
           f"{device}" + (f"; resuming from {ckpt} (step {state.step})" if ckpt is not None else ""), flush=True)
@@ -263,7 +306,7 @@ def _run(model, objective: Objective, spec: RunSpec, run_dir: Path, ckpt: Path |
     def checkpoint(step: int) -> None:
         run_state = {"step": step, "tokens": state.tokens, "elapsed_s": state.elapsed_s,
                      "data": objective.batches.state_dict(), "objective": objective.name, "precision": precision,
-                     "config": spec.config, "paths": run_paths}
+                     "compiled": compiled.decided, "config": spec.config, "paths": run_paths}
         save_checkpoint(run_dir, step, model, optimizer, run_state, spec.assets, rc.keep_checkpoints)
 
     status, last_val = "completed", {}
@@ -279,7 +322,8 @@ def _run(model, objective: Objective, spec: RunSpec, run_dir: Path, ckpt: Path |
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
-            r = train_step(model, fwd, optimizer, objective, optim.grad_accum, device, precision, optim.grad_clip)
+            r = train_step(model, compiled.fwd, optimizer, objective, optim.grad_accum, device, precision,
+                           optim.grad_clip)
             window_s += time.perf_counter() - t0
             state.step += 1
             state.tokens += r.units
@@ -301,6 +345,7 @@ def _run(model, objective: Objective, spec: RunSpec, run_dir: Path, ckpt: Path |
                     bar.update(info=f"loss {r.loss:.3f} | {human_count(rate)} {objective.unit}/s"
                                + (f" | MFU {mfu:.1%}" if peak else ""))
             elapsed = elapsed_before + time.perf_counter() - session_start
+            compiled.after_step(state.step, time.perf_counter() - t0, rc, elapsed)
             out_of_time = rc.max_minutes > 0 and elapsed >= rc.max_minutes * 60
             time_left = rc.max_minutes * 60 - elapsed if rc.max_minutes > 0 else None
             bar.update(completed=state.step, eta=min(time_left, bar.rate_eta()) if time_left is not None else None)
