@@ -50,6 +50,11 @@ class PlinthLM(_lm_base()):
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> PlinthLM:
         """lm-eval's constructor path: `--model_args` win over its own `--device`/`--batch_size` defaults."""
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        if str(extra.get("device", "")).startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():  # lm-eval's --device defaults to cuda:0; use what this machine has
+                extra.pop("device")
         return cls(**{**extra, **arg_dict})
 
     @classmethod
