@@ -158,8 +158,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: 16 new tokens, 1 timed repeat")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median reported)")
     ap.add_argument("--profile", action="store_true", help="print torch.profiler top ops at batch 1 and exit")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for both decoders (default: torch's)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     new_tokens = 16 if args.quick else NEW_TOKENS
     repeats = 1 if args.quick else args.repeats
     print_machine_header("SmolLM2-135M decoding, Plinth vs transformers (benchmarks/decode_smollm2.py"
