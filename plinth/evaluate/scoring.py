@@ -112,34 +112,53 @@ def _batches(groups: list[_Group], batch_size: int, token_budget: int) -> list[l
 
 @torch.inference_mode()
 def _score_batch(model: torch.nn.Module, batch: list[_Group], out: list) -> None:
-    """Fill `out[pair index] = (log-likelihood, greedy)` for every pair of the groups in `batch`."""
+    """Fill `out[pair index] = (log-likelihood, greedy)` for every pair of the groups in `batch`.
+
+    Each group's prefix runs once (logits at its last position only); then, from copies of its cache rows, every
+    suffix but its last token (whose prediction nobody needs), and the LM head runs only at the scored positions: a
+    one-token answer (" A", " yes") costs no suffix pass at all.
+    """
     device = next(model.parameters()).device
-    prefixes = [g.prefix for g in batch]
     suffixes = [(i, s, first) for g in batch for i, s, first in g.members]
-    s_max = max(len(s) for _, s, _ in suffixes)
-    p_max = max(len(p) for p in prefixes)
-    prefix_ids, prefix_mask = left_pad(prefixes, device)
-    cache = model.new_cache(len(batch), p_max + s_max, device)
+    group_of = [gi for gi, g in enumerate(batch) for _ in g.members]
+    inputs = [s[:-1] for _, s, _ in suffixes]
+    s_in = max(len(x) for x in inputs)
+    prefix_ids, prefix_mask = left_pad([g.prefix for g in batch], device)
+    cache = model.new_cache(len(batch), prefix_ids.shape[1] + s_in, device)
     last = model(prefix_ids, cache=cache, attention_mask=prefix_mask, logits_to_keep=1)[:, -1].log_softmax(-1)
-    rows = torch.tensor([gi for gi, g in enumerate(batch) for _ in g.members], device=device)
-    cache = cache.select_rows(rows)
-    suffix_ids = torch.zeros(len(suffixes), s_max, dtype=torch.long)  # right-padded: pads come after real tokens
-    suffix_mask = torch.zeros(len(suffixes), s_max, dtype=torch.bool)
-    for r, (_, s, _) in enumerate(suffixes):
-        suffix_ids[r, : len(s)] = torch.tensor(s)
-        suffix_mask[r, : len(s)] = True
-    logits = model(suffix_ids.to(device), cache=cache, attention_mask=suffix_mask.to(device))  # (R, s_max, V)
-    logprobs = logits.log_softmax(-1)
-    for r, (i, s, first) in enumerate(suffixes):
-        # token j of the suffix is predicted at suffix position j-1, or (j = 0) at the prefix's last position
-        targets = torch.tensor(s[first:], device=device)
-        steps = [last[rows[r]][None]] if first == 0 else []
-        lo = max(first - 1, 0)
-        steps.append(logprobs[r, lo: len(s) - 1])
-        pred = torch.cat(steps)  # (len(targets), V)
-        total = pred.gather(1, targets[:, None]).sum().item()
-        greedy = bool((pred.argmax(-1) == targets).all())
-        out[i] = (total, greedy)
+    # token j of a suffix is predicted at suffix position j - 1, or (j = 0) at the prefix's last position
+    pair, logp, hit = [], [], []
+    head = [(r, s[0]) for r, (_, s, first) in enumerate(suffixes) if first == 0]
+    if head:
+        rows = torch.tensor([group_of[r] for r, _ in head], device=device)
+        targets = torch.tensor([t for _, t in head], device=device)
+        pred = last[rows]  # (n, V)
+        pair.append(torch.tensor([r for r, _ in head]))
+        logp.append(pred.gather(1, targets[:, None])[:, 0])
+        hit.append(pred.argmax(-1) == targets)
+    if s_in > 0:
+        cache = cache.select_rows(torch.tensor(group_of, device=device))
+        ids = torch.zeros(len(suffixes), s_in, dtype=torch.long)  # right-padded: pads come after real tokens
+        mask = torch.zeros(len(suffixes), s_in, dtype=torch.bool)
+        for r, x in enumerate(inputs):
+            ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[r, : len(x)] = True
+        hidden = model.model(ids.to(device), cache=cache, attention_mask_bt=mask.to(device))  # (R, s_in, d_model)
+        at = [(r, pos, s[pos + 1]) for r, (_, s, first) in enumerate(suffixes) for pos in range(max(first - 1, 0),
+                                                                                                  len(s) - 1)]
+        if at:
+            r_idx = torch.tensor([r for r, _, _ in at], device=device)
+            p_idx = torch.tensor([q for _, q, _ in at], device=device)
+            targets = torch.tensor([t for _, _, t in at], device=device)
+            pred = model.lm_head(hidden[r_idx, p_idx]).float().log_softmax(-1)  # (n, V): the scored positions only
+            pair.append(r_idx.cpu())
+            logp.append(pred.gather(1, targets[:, None])[:, 0])
+            hit.append(pred.argmax(-1) == targets)
+    pair_t = torch.cat(pair)
+    totals = torch.zeros(len(suffixes), dtype=torch.float64).index_add_(0, pair_t, torch.cat(logp).double().cpu())
+    misses = torch.zeros(len(suffixes), dtype=torch.long).index_add_(0, pair_t, (~torch.cat(hit)).long().cpu())
+    for r, (i, _, _) in enumerate(suffixes):
+        out[i] = (float(totals[r]), bool(misses[r] == 0))
 
 
 def loglikelihoods(lm, pairs: Sequence[tuple[str, str]], batch_size: int = 16, token_budget: int = 4096,
