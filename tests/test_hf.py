@@ -319,3 +319,26 @@ def test_import_refuses_to_overwrite(tmp_path, tokenizer, capsys):
     argv = ["export", str(tmp_path / "out"), "--format", "hf", "--dtype", "q8_0", "--out", str(tmp_path / "e")]
     assert main(argv) == 2
     assert "q8_0 is a GGUF type" in capsys.readouterr().err
+
+
+def test_a_model_plinth_pretrained_exports_to_hf(tiny_data, tmp_path, capsys):
+    """A run's checkpoint (character tokenizer with byte fallback) exports to an HF folder transformers loads with equal
+    logits; GGUF's byte-level vocabulary cannot hold that tokenizer, which is one line, and nothing is written."""
+    from transformers import AutoModelForCausalLM
+
+    import plinth
+    from plinth.training.lm import pretrain
+    from tests.test_training import tiny_config
+
+    pretrain(tiny_config(tiny_data, tmp_path / "run", max_steps=2))
+    assert main(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    lm = plinth.load(tmp_path / "run", device="cpu")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    x = torch.tensor([lm.tokenizer.encode("the people of the union")])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, lm.model(x), atol=1e-5, rtol=0)
+    assert hf.generation_config.eos_token_id == lm.tokenizer.eos_id
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "run"), "--format", "gguf", "--out", str(tmp_path / "m.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "not byte-level BPE" in err and err.count("\n") == 1 and not (tmp_path / "m.gguf").exists()
