@@ -14,6 +14,9 @@ A run folder:
         run.json                          step, tokens, data position, the run's config
         manifest.json                     sha256 + size of every file; written last, so it marks completion
     .lock            held (an OS file lock) by the process running in the folder
+
+A model folder (written by `plinth import`, or any checkpoint): model.safetensors, config.json, tokenizer.json, and for
+imported language models generation.json (special tokens, stop ids) and chat_template.jinja; manifest.json last.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ MANIFEST = "manifest.json"
 MODEL_CONFIG = "config.json"
 MODEL_WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
+GENERATION = "generation.json"  # a language model's special tokens and stop ids (imported models)
+CHAT_TEMPLATE = "chat_template.jinja"  # a language model's chat template (imported models)
 TRAINER_STATE = "trainer_state.pt"
 RUN_STATE = "run.json"
 RUN_CONFIG = "config.yaml"

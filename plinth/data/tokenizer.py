@@ -41,8 +41,12 @@ class Tokenizer:
         self.eos_id: int = tok.token_to_id(eos) if eos is not None else -1
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load a tokenizer.json; `sha256` is the hash of the file's bytes."""
+    def load(cls, path: str | os.PathLike, require_eos: bool = True) -> Tokenizer:
+        """Load a tokenizer.json; `sha256` is the hash of the file's bytes.
+
+        `require_eos`: refuse a tokenizer with no end-of-document token (what Plinth's shards separate documents with);
+        an imported model's folder names its stop tokens itself, so it loads with False.
+        """
         path = Path(path)
         if not path.is_file():
             raise PlinthError(f"no tokenizer at {path}: train one with `plinth tokenizer train --out {path}`")
@@ -51,7 +55,7 @@ class Tokenizer:
             tok = tokenizers.Tokenizer.from_str(text)
         except Exception as e:  # the Rust side raises a bare Exception on malformed JSON
             raise PlinthError(f"{path} is not a valid tokenizer.json: {e}") from e
-        if next((t for t in _EOS_FALLBACKS if tok.token_to_id(t) is not None), None) is None:
+        if require_eos and next((t for t in _EOS_FALLBACKS if tok.token_to_id(t) is not None), None) is None:
             raise PlinthError(f"{path} has no end-of-document token (expected {EOS}); retrain it with plinth")
         return cls(tok, text)
 

@@ -9,7 +9,7 @@ from plinth.models.cache import KVCache
 from plinth.models.generate import generate, generate_tokens, sample_next_token
 from plinth.models.gpt import GPT, GPTConfig, config_flops_per_token, config_params
 from plinth.models.gpt import PRESETS as GPT_PRESETS
-from plinth.models.io import load_hf_llama, load_model, load_weights, save_hf_llama, save_model
+from plinth.models.io import load_hf, load_hf_llama, load_model, load_weights, save_hf, save_hf_llama, save_model
 from plinth.models.registry import (
     Family,
     build_model,
@@ -45,6 +45,6 @@ def preset_table(vocab_size: int | None = None) -> list[dict]:
 
 __all__ = [
     "GPT", "Family", "GPTConfig", "KVCache", "build_model", "families", "family_of", "find_preset", "generate",
-    "generate_tokens", "get_family", "load_hf_llama", "load_model", "load_weights", "make_config", "preset",
-    "preset_table", "register", "sample_next_token", "save_hf_llama", "save_model",
+    "generate_tokens", "get_family", "load_hf", "load_hf_llama", "load_model", "load_weights", "make_config", "preset",
+    "preset_table", "register", "sample_next_token", "save_hf", "save_hf_llama", "save_model",
 ]

@@ -83,6 +83,23 @@ class KVCache:
         """Mark the T slots of this forward call as filled (after every layer has called `update`)."""
         self.length += T
 
+    def select_rows(self, index: torch.Tensor, max_len: int | None = None) -> KVCache:
+        """A new cache holding rows `index` (B',) of this one, repeats allowed (one prompt's keys/values continued by
+        several different texts, e.g. the answer choices of a question), with `max_len` slots (default: the same)."""
+        max_len = self.max_len if max_len is None else max_len
+        if max_len < self.length:
+            raise PlinthError(f"KV cache holds {self.length} slots; cannot copy them into {max_len}")
+        k0 = self.k[0]
+        new = KVCache(len(self.k), len(index), k0.shape[1], max_len, k0.shape[3], k0.device, k0.dtype)
+        n = self.length
+        for layer in range(len(self.k)):
+            new.k[layer][:, :, :n] = self.k[layer][index, :, :n]
+            new.v[layer][:, :, :n] = self.v[layer][index, :, :n]
+        new.key_mask[:, :n] = self.key_mask[index, :n]
+        new.next_pos.copy_(self.next_pos[index])
+        new.length, new.has_padding = n, self.has_padding
+        return new
+
     def reset(self) -> None:
         """Empty the cache for reuse with a new batch of the same size."""
         self.length, self.has_padding = 0, False

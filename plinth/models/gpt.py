@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torch import nn
 
 from plinth.config import PlinthError, option, validate
 from plinth.models.cache import KVCache, attention_mask, padded_positions
-from plinth.models.layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary
+from plinth.models.layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary, rope_scaling_problem
 
 
 @dataclass
@@ -37,6 +37,9 @@ class GPTConfig:
     d_ff: int = option(0, "SwiGLU hidden width; 0 means the Llama rule (8/3 d_model, rounded up to 32)", min=0)
     seq_len: int = option(256, "context length in tokens", min=1)
     rope_theta: float = option(10000.0, "RoPE base frequency", gt=0.0)
+    rope_scaling: dict[str, Any] | None = option(None, "RoPE frequency scaling: null, {rope_type: linear, factor} or "
+                                                       "{rope_type: llama3, factor, low_freq_factor, high_freq_factor, "
+                                                       "original_max_position_embeddings} (HF's rope_scaling)")
     norm_eps: float = option(1e-5, "RMSNorm epsilon", gt=0.0)
     tie_embeddings: bool = option(True, "share the input embedding and output projection weights")
     attention_bias: bool = option(False, "biases on the q, k, v and o projections (HF Llama's attention_bias)")
@@ -58,6 +61,9 @@ class GPTConfig:
             raise PlinthError(f"head size ({head_dim}) must be even for RoPE")
         if self.n_head % self.n_kv_head:
             raise PlinthError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        problem = rope_scaling_problem(self.rope_scaling)
+        if problem:
+            raise PlinthError(problem)
 
 
 # Named sizes, as keyword arguments of GPTConfig. The smallest is what tests use; `quickstart` trains `tiny`.
@@ -140,7 +146,7 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.rotary_emb = RotaryEmbedding(config.head_dim, config.seq_len, config.rope_theta)
+        self.rotary_emb = RotaryEmbedding(config.head_dim, config.seq_len, config.rope_theta, config.rope_scaling)
 
     def forward(self, input_ids: torch.Tensor | None = None, cache: KVCache | None = None,
                 attention_mask_bt: torch.Tensor | None = None,

@@ -1,4 +1,4 @@
-"""Save and load model folders of any family, and Hugging Face Llama folders.
+"""Save and load model folders of any family, and Hugging Face llama/mistral/qwen2 folders.
 
 A Plinth model folder holds `model.safetensors` (one copy of each tied weight) and `config.json` (`family`,
 `format_version` and the family config's fields). The family picks the class from the registry. GPT's parameter
@@ -19,6 +19,7 @@ from torch import nn
 from plinth.artifacts import FORMAT_VERSION, MODEL_CONFIG, MODEL_WEIGHTS, read_json
 from plinth.common import PlinthError, atomic_write_bytes, atomic_write_json
 from plinth.models.gpt import GPT, GPTConfig
+from plinth.models.hf import gpt_config_from_hf, hf_config_from_gpt
 from plinth.models.registry import config_from_dict, config_to_dict, family_of
 
 HF_INDEX_FILE = "model.safetensors.index.json"
@@ -135,119 +136,88 @@ def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Hugging Face Llama folders
+# Hugging Face folders (llama, mistral, qwen2); the config translation is in hf.py
 
 
 def to_hf_llama_config(config: GPTConfig) -> dict[str, Any]:
-    """`transformers.LlamaConfig` keyword arguments describing the same architecture as `config`."""
-    return {
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.d_model,
-        "intermediate_size": config.d_ff,
-        "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head,
-        "num_key_value_heads": config.n_kv_head,
-        "head_dim": config.head_dim,
-        "max_position_embeddings": config.seq_len,
-        # transformers v5 keeps the RoPE base under rope_parameters (v4 read a top-level rope_theta).
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(config.rope_theta)},
-        "rms_norm_eps": config.norm_eps,
-        "tie_word_embeddings": config.tie_embeddings,
-        "attention_bias": config.attention_bias,
-        "mlp_bias": False,
-        "hidden_act": "silu",
-        # LlamaConfig's defaults (1, 2) are Llama-2's tokenizer ids, wrong for ours; the caller may set real ones.
-        "bos_token_id": None,
-        "eos_token_id": None,
-    }
-
-
-def _hf_rope_theta(d: dict[str, Any]) -> float:
-    """The RoPE base of an HF config dict (v5 `rope_parameters` or v4 `rope_theta` + `rope_scaling`)."""
-    params = d.get("rope_parameters") or d.get("rope_scaling") or {}
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default":
-        raise PlinthError(f"RoPE type {rope_type!r} (scaled RoPE) is not supported; only plain RoPE is")
-    return float(params.get("rope_theta", d.get("rope_theta", 10000.0)))
+    """`transformers.LlamaConfig(**kwargs)` keyword arguments for the same architecture (no special ids)."""
+    hf = hf_config_from_gpt(config)
+    return {k: v for k, v in hf.items() if k not in ("architectures", "model_type", "rope_scaling", "rope_theta")}
 
 
 def from_hf_llama_config(d: dict[str, Any]) -> GPTConfig:
-    """GPTConfig from an HF Llama config.json dict; PlinthError for Llama variants GPT cannot represent."""
-    if d.get("model_type", "llama") != "llama":
-        raise PlinthError(f"model_type {d['model_type']!r} is not supported; only 'llama' is")
-    if d.get("hidden_act", "silu") != "silu":
-        raise PlinthError(f"hidden_act {d['hidden_act']!r} is not supported; only 'silu' is")
-    if d.get("mlp_bias"):
-        raise PlinthError("mlp_bias is not supported: GPT's MLP has no biases")
-    try:
-        n_head = int(d["num_attention_heads"])
-        return GPTConfig(
-            name="hf-llama",
-            vocab_size=int(d["vocab_size"]),
-            n_layer=int(d["num_hidden_layers"]),
-            n_head=n_head,
-            n_kv_head=int(d.get("num_key_value_heads") or n_head),
-            d_model=int(d["hidden_size"]),
-            head_dim=int(d.get("head_dim") or 0),
-            d_ff=int(d["intermediate_size"]),
-            seq_len=int(d.get("max_position_embeddings", 2048)),
-            rope_theta=_hf_rope_theta(d),
-            norm_eps=float(d.get("rms_norm_eps", 1e-6)),  # LlamaConfig's default, not GPTConfig's
-            tie_embeddings=bool(d.get("tie_word_embeddings", False)),
-            attention_bias=bool(d.get("attention_bias", False)),
-        )
-    except KeyError as e:
-        raise PlinthError(f"HF config lacks the field {e.args[0]!r}") from e
-    except (TypeError, ValueError) as e:
-        raise PlinthError(f"HF config: {e}") from e
+    """GPTConfig from an HF config dict (`model_type` llama when absent); PlinthError naming what GPT lacks."""
+    return gpt_config_from_hf({"model_type": "llama", **d} if "model_type" not in d else d, name="hf-llama")
 
 
-def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """Tensors of `model.safetensors`, or of every shard listed in `model.safetensors.index.json`."""
+def read_hf_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of `model.safetensors`, or of every shard listed in `model.safetensors.index.json`.
+
+    Only safetensors are read (a folder with only pickled `.bin` weights is refused, never unpickled). PlinthError
+    naming the file when the index is damaged, a shard is missing or a tensor is listed in no shard.
+    """
+    directory = Path(directory)
     single, index = directory / MODEL_WEIGHTS, directory / HF_INDEX_FILE
     if single.is_file():
         tensors = read_safetensors(single)
     elif index.is_file():
         weight_map = read_json(index, "safetensors index").get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise PlinthError(f"{index}: no 'weight_map' object")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise PlinthError(f"{index}: no 'weight_map' object of tensor name -> shard file; the index is damaged")
         tensors = {}
         for shard in sorted(set(weight_map.values())):
+            if Path(shard).name != shard:
+                raise PlinthError(f"{index}: shard name {shard!r} is not a file name in this folder")
             tensors.update(read_safetensors(directory / shard))
+        absent = sorted(set(weight_map) - set(tensors))
+        if absent:
+            raise PlinthError(f"{index}: lists {len(absent)} tensors no shard holds (first: {absent[0]})")
     else:
-        raise PlinthError(f"{directory}: neither {MODEL_WEIGHTS} nor {HF_INDEX_FILE} found "
-                          f"(only safetensors checkpoints are read, never pickled .bin files)")
+        bins = sorted(p.name for p in directory.glob("*.bin"))
+        hint = f" (found {bins[0]}: pickled weights are never loaded; re-save with safetensors)" if bins else ""
+        raise PlinthError(f"{directory}: neither {MODEL_WEIGHTS} nor {HF_INDEX_FILE} found{hint}")
     # Old checkpoints stored the RoPE inverse frequencies; they are recomputed from the config.
     return {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
 
 
-def load_hf_llama(directory: str | os.PathLike, device: torch.device | str = "cpu",
-                  dtype: torch.dtype | None = None) -> GPT:
-    """A GPT from a local HF Llama folder (config.json + safetensors weights); fp32 unless `dtype` is given."""
-    directory = Path(directory)
-    config_path = directory / MODEL_CONFIG
+def read_hf_config(directory: str | os.PathLike) -> tuple[GPTConfig, dict[str, Any]]:
+    """(GPTConfig, the raw config.json mapping) of an HF folder; PlinthError prefixed with the file's path."""
+    path = Path(directory) / MODEL_CONFIG
+    raw = read_json(path, "HF config")
     try:
-        config = from_hf_llama_config(read_json(config_path, "HF config"))
+        return gpt_config_from_hf(raw, name=str(raw.get("_name_or_path") or Path(directory).name or "hf")), raw
     except PlinthError as e:
-        msg = str(e)
-        raise PlinthError(msg if msg.startswith(str(config_path)) else f"{config_path}: {msg}") from e
+        raise PlinthError(f"{path}: {e}") from None
+
+
+def load_hf(directory: str | os.PathLike, device: torch.device | str = "cpu",
+            dtype: torch.dtype | None = None) -> GPT:
+    """A GPT from a local HF llama/mistral/qwen2 folder (config.json + safetensors, sharded or not); fp32 unless
+    `dtype` is given. Every tensor must be there with the config's shape (one-line PlinthError otherwise)."""
+    directory = Path(directory)
+    config, _ = read_hf_config(directory)
     model = build_empty(config, device, dtype)
-    tensors = _read_hf_weights(directory)
+    tensors = read_hf_weights(directory)
     if config.tie_embeddings:
         tensors.pop("lm_head.weight", None)  # one matrix serves both; HF folders may still store the copy
     load_state(model, tensors, str(directory))
     return model
 
 
-def save_hf_llama(model: GPT, directory: str | os.PathLike, extra_config: dict[str, Any] | None = None) -> None:
-    """Write a folder `transformers.LlamaForCausalLM.from_pretrained` loads; `extra_config` adds e.g. eos_token_id."""
+def save_hf(model: GPT, directory: str | os.PathLike, extra_config: dict[str, Any] | None = None,
+            dtype: torch.dtype | None = None) -> None:
+    """Write `model.safetensors` + `config.json` that `transformers.AutoModelForCausalLM.from_pretrained` loads (Llama,
+    or Qwen2 for q/k/v-only biases); `extra_config` adds e.g. bos/eos ids; `dtype` casts the stored weights."""
     model = _unwrap(model)
     directory = Path(directory)
-    data = safetensors.torch.save(weights_to_save(model), metadata={"format": "pt"})
-    atomic_write_bytes(directory / MODEL_WEIGHTS, data)
-    cfg = to_hf_llama_config(model.config)
-    dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
-    hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": dtype, **cfg,
-          "rope_theta": cfg["rope_parameters"]["rope_theta"],  # for transformers < 4.56 readers
-          **(extra_config or {})}
-    atomic_write_json(directory / MODEL_CONFIG, hf)
+    tensors = weights_to_save(model)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    atomic_write_bytes(directory / MODEL_WEIGHTS, safetensors.torch.save(tensors, metadata={"format": "pt"}))
+    stored = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    atomic_write_json(directory / MODEL_CONFIG, {**hf_config_from_gpt(model.config), "dtype": stored,
+                                                  **(extra_config or {})})
+
+
+load_hf_llama = load_hf  # the names of the first release
+save_hf_llama = save_hf

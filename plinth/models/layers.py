@@ -6,6 +6,9 @@ built from them reproduces `LlamaForCausalLM` logits to fp32 rounding.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,9 +38,62 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
-    """Inverse frequencies theta^(-2i/head_dim) for i < head_dim/2, fp32, computed exactly as HF Llama does."""
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+ROPE_SCALING_TYPES = ("linear", "llama3")
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None = None) -> torch.Tensor:
+    """Inverse frequencies (head_dim/2,) fp32: theta^(-2i/head_dim), then scaled; bit-equal to transformers'.
+
+    `scaling` is None (plain RoPE), {"rope_type": "linear", "factor": f} (every frequency divided by f; Chen et al.
+    2023, "position interpolation") or {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    "original_max_position_embeddings"} (Llama 3.1: long wavelengths divided by `factor`, short ones kept, a
+    blend between; transformers' `_compute_llama3_parameters`). Neither type rescales attention.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    kind = (scaling or {}).get("rope_type", "default")
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        return _llama3_inv_freq(inv_freq, scaling)
+    raise ValueError(f"RoPE scaling {kind!r} is not supported (known: {', '.join(ROPE_SCALING_TYPES)})")
+
+
+_ROPE_SCALING_KEYS = {"linear": ("factor",),
+                      "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+
+
+def rope_scaling_problem(scaling: dict[str, Any] | None) -> str | None:
+    """What is wrong with a `rope_scaling` mapping (a phrase for an error message), or None when it is usable."""
+    if scaling is None:
+        return None
+    kind = scaling.get("rope_type")
+    if kind not in _ROPE_SCALING_KEYS:
+        return f"rope_scaling.rope_type must be one of {', '.join(ROPE_SCALING_TYPES)}, got {kind!r}"
+    extra = sorted(set(scaling) - {"rope_type", *_ROPE_SCALING_KEYS[kind]})
+    if extra:
+        return f"rope_scaling has fields {extra} that {kind!r} scaling does not use"
+    for key in _ROPE_SCALING_KEYS[kind]:
+        value = scaling.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            return f"rope_scaling.{key} must be a positive number, got {value!r}"
+    if kind == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+        return "rope_scaling.high_freq_factor must be greater than low_freq_factor"
+    return None
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    original = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq  # (head_dim/2,) in positions
+    long_scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    # `smooth` goes 0 -> 1 across the band between the two wavelength limits; the operation order is transformers'
+    # so that the result is bit-equal to it.
+    smooth = (original / wavelen - low) / (high - low)
+    blended = (1 - smooth) * long_scaled / factor + smooth * long_scaled
+    in_band = ~(wavelen < original / high) * ~(wavelen > original / low)
+    return torch.where(in_band, blended, long_scaled)
 
 
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,9 +132,10 @@ class RotaryEmbedding(nn.Module):
     HF, which computes in fp32 and casts at use.
     """
 
-    def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0) -> None:
+    def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0,
+                 scaling: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.head_dim, self.max_len, self.theta = head_dim, max_len, theta
+        self.head_dim, self.max_len, self.theta, self.scaling = head_dim, max_len, theta, scaling
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
         self.reset_buffers()
@@ -91,7 +148,7 @@ class RotaryEmbedding(nn.Module):
             self.sin = torch.empty(self.max_len, self.head_dim, device="meta")
             return
         positions = torch.arange(self.max_len, device=device)
-        self.cos, self.sin = rope_cos_sin(positions, rope_inv_freq(self.head_dim, self.theta).to(device))
+        self.cos, self.sin = rope_cos_sin(positions, rope_inv_freq(self.head_dim, self.theta, self.scaling).to(device))
 
     def _apply(self, fn, recurse=True):
         # `.to(bfloat16)` would round the tables and `to_empty()` would leave them uninitialised: recompute them
@@ -108,11 +165,12 @@ class RotaryEmbedding(nn.Module):
             positions = torch.arange(length, device=self.cos.device)
         if length <= self.max_len:
             return self.cos[positions], self.sin[positions]
-        inv_freq = rope_inv_freq(self.head_dim, self.theta)
+        inv_freq = rope_inv_freq(self.head_dim, self.theta, self.scaling)
         return rope_cos_sin(positions, inv_freq)
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, max_len={self.max_len}, theta={self.theta}"
+        scaled = f", scaling={self.scaling['rope_type']}" if self.scaling else ""
+        return f"head_dim={self.head_dim}, max_len={self.max_len}, theta={self.theta}{scaled}"
 
 
 class SwiGLU(nn.Module):

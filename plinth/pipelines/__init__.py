@@ -29,10 +29,16 @@ def pipeline_class(family: str) -> type:
 
 
 def load(path: str | os.PathLike, device: str = "auto", **kwargs: Any):
-    """Load a run (its newest verified checkpoint), a checkpoint or a model folder as the pipeline of its family.
+    """Load a run (its newest verified checkpoint), a checkpoint or a model folder as the pipeline of its family; or a
+    foreign language model as a `LanguageModel`: a GGUF file, a Hugging Face folder, or `builtin:NAME`.
 
     A damaged newest checkpoint is skipped with a warning. Raises PlinthError naming the folder or file at fault.
     """
+    from plinth.pipelines.convert import foreign_source, load_foreign
+
+    foreign = foreign_source(path)
+    if foreign is not None:
+        return load_foreign(foreign, device=device)
     folder = resolve_checkpoint(path)
     config = read_model_config(folder)
     return pipeline_class(type(config).family).from_folder(folder, device=device, **kwargs)
