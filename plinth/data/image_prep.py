@@ -29,7 +29,7 @@ import torch
 from plinth.artifacts import write_manifest
 from plinth.common import PlinthError, Progress, atomic_dir, atomic_write_json
 from plinth.config import ImagesPrepareConfig, validate
-from plinth.data.image_sources import Item, Skip, input_records
+from plinth.data.image_sources import BUILTIN_TEMPLATES, Item, Skip, input_records
 from plinth.data.images import (
     BadImage,
     Preprocess,
@@ -129,8 +129,10 @@ def prepare_images(cfg: ImagesPrepareConfig) -> dict[str, Any]:
         names = sorted(classes)
         _write_labels(tmp, names)
         counts = {s: w.count for s, w in writers.items()}
+        builtin = [s.removeprefix("builtin:") for s in cfg.inputs if s.startswith("builtin:")]
+        templates = BUILTIN_TEMPLATES.get(builtin[0] if builtin else "", [cfg.caption_template])
         dataset = {"format_version": 1, "size": cfg.size, "classes": names, "unseen_classes": sorted(holdout),
-                   "splits": counts, "inputs": list(cfg.inputs)}
+                   "templates": templates, "splits": counts, "inputs": list(cfg.inputs)}
         atomic_write_json(tmp / DATASET, dataset)
         report = {"inputs": list(cfg.inputs), "records_read": read, "images_kept": len(kept), "splits": counts,
                   "skipped": dict(sorted(skipped.items())), "converted_from_mode": dict(sorted(modes.items())),
@@ -196,6 +198,7 @@ class ImageSet:
         d = read_json(meta, "image set", required=("size", "classes", "splits"))
         self.size, self.classes = int(d["size"]), list(d["classes"])
         self.unseen_classes = list(d.get("unseen_classes", []))
+        self.templates = list(d.get("templates", []))
         self._splits: dict[str, ImageSplit] = {}
 
     def split(self, name: str) -> ImageSplit:
@@ -290,3 +293,40 @@ def iter_eval_batches(split: ImageSplit, batch_size: int, preprocess: Preprocess
         idx = list(range(start, min(n, start + batch_size)))
         arrays = [resize_square(split.pixels[j], preprocess.image_size) for j in idx]
         yield preprocess.normalise(torch.from_numpy(np.stack(arrays))), idx
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Images named on a command line
+
+
+def read_image_inputs(specs: list[str], max_pixels: int = 64_000_000) -> tuple[list[str], list[np.ndarray], Counter]:
+    """Decode image files, folders (every image inside, recursively) and globs: (names, RGB arrays, skipped by reason).
+
+    Unusable images are counted by reason, not fatal; PlinthError when a path does not exist or nothing decodes.
+    """
+    import glob
+
+    from plinth.data.images import is_image_file
+
+    paths: list[Path] = []
+    for spec in specs:
+        found = sorted(Path(p) for p in glob.glob(spec)) if any(c in spec for c in "*?[") else [Path(spec)]
+        if not found or not found[0].exists():
+            raise PlinthError(f"{spec}: no such image file or folder")
+        for p in found:
+            paths += sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q)) if p.is_dir() else [p]
+    names, arrays, skipped = [], [], Counter()
+    for p in paths:
+        try:
+            arrays.append(decode_image(p, max_pixels).pixels)
+            names.append(str(p))
+        except BadImage as e:
+            skipped[e.reason] += 1
+    if not arrays:
+        raise PlinthError(f"no usable image in {', '.join(specs)} (skipped: {dict(skipped) or 'no image files'})")
+    return names, arrays, skipped
+
+
+def is_image_set(path: str | Path) -> bool:
+    """True for a prepared image set folder."""
+    return (Path(path) / DATASET).is_file()

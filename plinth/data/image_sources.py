@@ -52,7 +52,7 @@ Record = Item | Skip
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
-FASHION_DIR = Path("/usr/share/dataset-fashion-mnist")  # Debian's dataset-fashion-mnist (apt, not pip)
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (apt, not pip)
 TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")  # Debian's tuxpaint-stamps-default
 
 SHAPE_COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 85, 225), "yellow": (235, 205, 35),
@@ -191,6 +191,15 @@ def _shapes(count: int = 6000, seed: int = 0) -> Iterator[Record]:
         captions, qa = shapes_text(colour, kind, n)
         yield Item(f"shapes-{i:06d}", captions, f"{colour} {kind}", qa, pixels=pixels)
 
+
+# Prompt templates for zero-shot classification among each set's classes ({} = the class name), kept with a
+# prepared set (dataset.json) so `plinth clip classify` uses phrasings like the captions the model was trained on.
+BUILTIN_TEMPLATES = {
+    "shapes": ["one {}", "a picture of one {}", "there is one {} on a grey background"],
+    "digits": ["the digit {}", "a handwritten {}", "a picture of the number {}"],
+    "mnist": ["the digit {}", "a handwritten {}", "a picture of the number {}"],
+    "fashion-mnist": ["a photo of a {}", "a {}", "an item of clothing: {}"],
+}
 
 BUILTIN_IMAGES = {
     "shapes": ("6,000 procedural 64x64 pictures of 1-3 coloured shapes (6 colours x 5 shapes = 30 classes), three "
