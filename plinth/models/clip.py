@@ -48,6 +48,7 @@ class CLIPConfig:
     text_d_model: int = option(128, "text tower width", min=1)
     text_d_ff: int = option(0, "text tower MLP width (0 = the tower's rule)", min=0)
     text_seq_len: int = option(32, "longest caption in tokens (longer ones are cut)", min=2)
+    text_max_positions: int = option(0, "position table of a BERT tower (0 = text_seq_len; MiniLM: 512)", min=0)
     embed_dim: int = option(128, "width of the shared embedding space", min=1)
     logit_scale_init: float = option(math.log(1 / 0.07), "initial log inverse temperature (CLIP: ln(1/0.07))")
     max_logit_scale: float = option(math.log(100.0), "the log inverse temperature is clamped to this (CLIP: ln 100)")
@@ -74,7 +75,8 @@ class CLIPConfig:
         if self.text_tower == "bert":
             return BertConfig(name=f"{self.name}-text", vocab_size=self.vocab_size, n_layer=self.text_n_layer,
                               n_head=self.text_n_head, d_model=self.text_d_model,
-                              d_ff=self.text_d_ff or 4 * self.text_d_model, seq_len=max(self.text_seq_len, 2))
+                              d_ff=self.text_d_ff or 4 * self.text_d_model,
+                              seq_len=max(self.text_max_positions, self.text_seq_len))
         return GPTConfig(name=f"{self.name}-text", vocab_size=self.vocab_size, n_layer=self.text_n_layer,
                          n_head=self.text_n_head, n_kv_head=self.text_n_head, d_model=self.text_d_model,
                          d_ff=self.text_d_ff, seq_len=self.text_seq_len)
@@ -82,7 +84,7 @@ class CLIPConfig:
 
 # The MiniLM text tower's fields (all-MiniLM-L6-v2), for `--text_encoder minilm`.
 MINILM_TEXT = dict(text_tower="bert", vocab_size=30522, text_n_layer=6, text_n_head=12, text_d_model=384,
-                   text_d_ff=1536, text_seq_len=64)
+                   text_d_ff=1536, text_max_positions=512)
 
 PRESETS: dict[str, dict] = {
     "clip-test": dict(image_size=16, patch_size=4, vision_n_layer=2, vision_n_head=2, vision_d_model=32,

@@ -17,7 +17,7 @@ from plinth.config import CaptionerTrainConfig, to_dict, validate
 from plinth.data.captions import CaptionTokenizer
 from plinth.data.image_prep import ImageBatches, ImageSet
 from plinth.data.images import Preprocess
-from plinth.models import build_model, make_config
+from plinth.models import build_model, find_preset, make_config
 from plinth.models.io import load_state, read_model_config, read_safetensors
 from plinth.pipelines.vision import VQA_PROMPT
 from plinth.training.image_runs import absolute_paths, caption_tokenizer, open_training_set, write_assets
@@ -111,6 +111,9 @@ def train_captioner(cfg: CaptionerTrainConfig) -> dict[str, Any]:
     cfg = absolute_paths(cfg, "tokenizer", "init_vision_from")
     pick_device(cfg.system.device)
     images, train_split = open_training_set(cfg)
+    if find_preset(cfg.model)[0].name != "captioner":
+        raise PlinthError(f"--model {cfg.model}: captioner train needs a captioner model, not "
+                          f"{find_preset(cfg.model)[0].name}")
     run_dir = Path(cfg.run.out_dir)
     has_qa = any(r["qa"] for r in train_split.records)
     tok_path = caption_tokenizer(cfg.tokenizer, run_dir, images, cfg.vocab_size, with_qa=has_qa)

@@ -14,7 +14,7 @@ from plinth.config import ClassifierTrainConfig, to_dict, validate
 from plinth.data.image_prep import ImageBatches
 from plinth.data.images import Preprocess
 from plinth.evaluate.vision import classifier_accuracy
-from plinth.models import build_model, make_config
+from plinth.models import build_model, find_preset, make_config
 from plinth.pipelines.vision import ImageClassifier
 from plinth.training.image_runs import absolute_paths, open_training_set, write_assets
 from plinth.training.run import Objective, RunSpec, train
@@ -40,9 +40,10 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     if not classes or (train_split.labels < 0).all():
         raise PlinthError(f"{images.root}: no class labels; classification needs a set with classes (one sub-folder "
                           "per class, a `label` column, or a labelled built-in)")
+    family = find_preset(cfg.model)[0].name
+    if family not in ("cnn", "vit"):
+        raise PlinthError(f"--model {cfg.model}: classification trains a cnn or vit model, not {family}")
     mcfg = make_config(cfg.model, cfg.arch, where="arch", n_classes=len(images.classes))
-    if mcfg.family not in ("cnn", "vit"):
-        raise PlinthError(f"--model {cfg.model}: classification trains a cnn or vit model, not {mcfg.family}")
     seed_everything(cfg.system.seed)
     model = build_model(mcfg)
     run_dir = Path(cfg.run.out_dir)

@@ -24,7 +24,7 @@ from plinth.data.captions import CaptionTokenizer
 from plinth.data.image_prep import ImageBatches, ImageSet, pick_captions
 from plinth.data.images import Preprocess
 from plinth.evaluate.vision import retrieval, zero_shot
-from plinth.models import build_model, make_config
+from plinth.models import build_model, find_preset, make_config
 from plinth.models.bert import hf_bert_tensors, minilm_folder
 from plinth.models.clip import CLIP
 from plinth.models.io import load_state
@@ -95,7 +95,7 @@ def _text_encoder(cfg: ClipTrainConfig) -> tuple[dict[str, Any], dict[str, torch
     if not (folder / TOKENIZER).is_file():
         raise PlinthError(f"{folder}: no {TOKENIZER} beside the text encoder's weights")
     fields = dict(text_tower="bert", vocab_size=bert.vocab_size, text_n_layer=bert.n_layer, text_n_head=bert.n_head,
-                  text_d_model=bert.d_model, text_d_ff=bert.d_ff)
+                  text_d_model=bert.d_model, text_d_ff=bert.d_ff, text_max_positions=bert.seq_len)
     return fields, tensors, folder / TOKENIZER
 
 
@@ -131,6 +131,8 @@ def train_clip(cfg: ClipTrainConfig) -> dict[str, Any]:
     images, train_split = open_training_set(cfg)
     if cfg.optim.batch_size * cfg.optim.grad_accum < 2:
         raise PlinthError("clip train: a contrastive batch needs at least 2 images (--optim.batch_size)")
+    if find_preset(cfg.model)[0].name != "clip":
+        raise PlinthError(f"--model {cfg.model}: clip train needs a clip model, not {find_preset(cfg.model)[0].name}")
     run_dir = Path(cfg.run.out_dir)
     text_fields, text_tensors, text_tok = _text_encoder(cfg)
     tok_path = text_tok or caption_tokenizer(cfg.tokenizer, run_dir, images, cfg.vocab_size)
