@@ -27,7 +27,7 @@ def test_contrastive_loss_matches_transformers_clip_loss():
     img, txt = F.normalize(torch.randn(6, 8), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
     scale = torch.tensor(14.3)
     ours, metrics = contrastive_loss(img, txt, scale)
-    theirs = clip_loss((scale * txt @ img.T))  # HF passes logits_per_text
+    theirs = clip_loss(scale * txt @ img.T)  # HF passes logits_per_text
     assert torch.allclose(ours / 6, theirs, atol=1e-6)
     assert 0.0 <= metrics["i2t_acc"] <= 1.0
 

@@ -2,7 +2,6 @@
 clip train/classify/retrieve/probe, captioner train, caption, vqa, quickstart clip; and their one-line errors."""
 
 import json
-from pathlib import Path
 
 import pytest
 
