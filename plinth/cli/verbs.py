@@ -132,4 +132,19 @@ def models_ls(_: Any) -> int:
         table.add_row(r["family"], r["name"], str(r["n_layer"]), str(r["n_head"]), str(r["n_kv_head"]),
                       str(r["d_model"]), str(r["seq_len"]), human_count(r["params"]), human_count(r["flops_per_token"]))
     Console().print(table)
+    _other_families()
     return 0
+
+
+def _other_families() -> None:
+    """The image, text-encoder and multimodal families' presets (issue 10)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from plinth.common import human_count
+    from plinth.models import other_preset_table
+
+    table = Table("family", "preset", "shape", "parameters")
+    for r in other_preset_table():
+        table.add_row(r["family"], r["name"], r["shape"], human_count(r["params"]))
+    Console().print(table)

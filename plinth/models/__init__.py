@@ -51,8 +51,30 @@ def preset_table(vocab_size: int | None = None) -> list[dict]:
     return rows
 
 
+def other_preset_table() -> list[dict]:
+    """One row per preset of the non-GPT families (image, text-encoder, multimodal): its shape in words and its
+    parameter count (built on the meta device: nothing is allocated)."""
+    import torch
+
+    rows = []
+    for fam in families():
+        if fam.name == "gpt":
+            continue
+        for name in fam.presets:
+            cfg = preset(name)
+            with torch.device("meta"):
+                n = sum(p.numel() for p in fam.model_class(cfg).parameters())
+            shape = {k: v for k, v in vars(cfg).items() if k != "name" and not isinstance(v, (list, dict))}
+            keys = ("image_size", "patch_size", "n_layer", "vision_n_layer", "d_model", "vision_d_model",
+                    "text_tower", "text_n_layer", "text_d_model", "hidden_sizes", "vocab_size")
+            summary = ", ".join(f"{k} {getattr(cfg, k)}" for k in keys if hasattr(cfg, k))
+            rows.append({"family": fam.name, "name": name, "shape": summary, "params": n, **shape})
+    return rows
+
+
 __all__ = [
     "GPT", "Family", "GPTConfig", "KVCache", "build_model", "families", "family_of", "find_preset", "generate",
+    "other_preset_table",
     "generate_tokens", "get_family", "load_hf_llama", "load_model", "load_weights", "make_config", "preset",
     "preset_table", "register", "sample_next_token", "save_hf_llama", "save_model",
 ]

@@ -6,8 +6,10 @@ token), so its state-dict keys are `CLIPModel`'s `vision_model.*` keys and a CLI
 copying (tests/test_vision_models.py checks `transformers.CLIPVisionModel` with the same weights to 1e-5). An optional
 `classifier` on the pooled output makes it an image classifier; the CLIP and captioner families reuse the tower.
 
-Two speed choices that keep the weights and the output identical: the patch embedding (a conv with stride = kernel)
-runs as a reshape and one matmul, and q, k, v are computed by one matmul over the three weights concatenated.
+Two implementation choices that keep HF's weights and outputs: the patch embedding (a conv with stride = kernel) runs
+as a reshape and one matmul, and q, k, v come from one matmul over the three weights concatenated. Measured against
+HF's conv and three projections on a 2-core CPU, a training step is the same speed within noise (both are
+matmul-bound: docs/benchmarks.md); they stay because they are short and exact.
 """
 
 from __future__ import annotations
@@ -98,8 +100,8 @@ class VisionEmbeddings(nn.Module):
         if H % p or W % p or (H // p) * (W // p) + 1 != self.position_embedding.num_embeddings:
             raise PlinthError(f"images of {H}x{W} do not fit this model's {self.position_embedding.num_embeddings - 1}"
                               f" patches of {p}x{p}")
-        # A conv whose stride equals its kernel is a matmul over non-overlapping patches; as one GEMM it is faster on
-        # CPU than the conv kernel, forward and backward, with the conv's weights (same layout: d, C, p, p).
+        # A conv whose stride equals its kernel is a matmul over non-overlapping patches: one GEMM with the conv's
+        # weights (same layout: d, C, p, p), so HF checkpoints load unchanged.
         patches = pixel_values.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, p, p)
         patches = patches.reshape(B, (H // p) * (W // p), C * p * p)  # (B, N, C*p*p)
         x = F.linear(patches, self.patch_embedding.weight.flatten(1))  # (B, N, d)
@@ -122,7 +124,7 @@ class VisionAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, d) → (B, T, d)."""
         B, T, d = x.shape
-        # One GEMM over q, k, v: at these small widths a third of the matmul calls is measurably faster on CPU.
+        # One GEMM over q, k, v (HF keeps three projections; the weights and the result are the same).
         w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # (3d, d)
         b = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])  # (3d,)
         qkv = F.linear(x, w, b).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, n_head, hd)

@@ -53,13 +53,16 @@ def quickstart_clip(cfg: ClipQuickstartConfig) -> dict[str, Any]:
 
     _stage("2/4 train CLIP")
     tcfg = ClipTrainConfig(
-        model=cfg.model, text_encoder=cfg.text_encoder, data=ImageDataConfig(images=str(data), eval_images=600),
+        model=cfg.model, arch={"patch_size": cfg.patch_size}, text_encoder=cfg.text_encoder,
+        data=ImageDataConfig(images=str(data), eval_images=600),
         optim=OptimConfig(lr=cfg.lr, batch_size=cfg.batch_size, warmup_steps=max(1, cfg.max_steps // 20),
                           weight_decay=0.1),
         run=RunConfig(out_dir=str(out / "run"), max_steps=cfg.max_steps, max_minutes=cfg.max_minutes,
                       eval_every=max(1, cfg.max_steps // 4), ckpt_every=max(1, cfg.max_steps // 6),
                       progress=cfg.progress, log_every=max(1, min(20, cfg.max_steps // 10))),
-        system=SystemConfig(device=cfg.device, precision=cfg.precision, seed=cfg.seed))
+        # Eager: torch.compile made this model's step only ~4% faster on a 2-core CPU (docs/benchmarks.md) and
+        # costs 30-100 s of the time budget to compile.
+        system=SystemConfig(device=cfg.device, precision=cfg.precision, seed=cfg.seed, compile="off"))
     summary = train_clip(tcfg)
 
     _stage("3/4 zero-shot, linear probe, retrieval")
