@@ -82,6 +82,7 @@ def test_recall_at_k():
 
 
 def test_caption_metrics():
+    pytest.importorskip("sacrebleu")
     from plinth.evaluate.caption_metrics import answer_accuracy, bleu4, cider_d
 
     refs = [["a red circle", "one red circle"], ["two blue squares", "a pair of blue squares"],

@@ -101,13 +101,27 @@ def test_clip_retrieve(env, clip_run, capsys):
     assert code == 0 and "text→image 'a red circle'" in out and "image→text" in out
 
 
+def test_text_conditioning(clip_run):
+    import torch
+
+    import plinth
+    from plinth.multimodal.conditioning import TextConditioner
+
+    cond = TextConditioner(plinth.load(clip_run))(["a red circle", "there are two blue squares on a grey background"])
+    assert cond.states.shape[:2] == cond.mask.shape and cond.states.shape[2] == 32
+    assert cond.mask.sum(1).tolist()[0] < cond.mask.sum(1).tolist()[1]
+    assert torch.allclose(cond.pooled.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
 def test_clip_probe(env, clip_run, capsys):
+    pytest.importorskip("sklearn")
     code, out, _ = run(["clip", "probe", clip_run, "--data", env["root"] / "set"], capsys)
     result = json.loads(out)
     assert code == 0 and 0 <= result["linear_probe"]["accuracy"] <= 1 and "zero_shot" in result
 
 
 def test_captioner_train_caption_and_vqa(env, clip_run, capsys):
+    pytest.importorskip("sacrebleu")
     cap = env["root"] / "cap"
     code, out, err = run(["captioner", "train", "--model", "captioner-test", "--data.images", env["root"] / "set",
                           "--vocab_size", "300", "--init_vision_from", clip_run, "--optim.batch_size", "8",
@@ -141,6 +155,7 @@ def test_frozen_minilm_text_tower(env, capsys):
 
 
 def test_quickstart_clip(tmp_path, capsys):
+    pytest.importorskip("sklearn")
     code, out, err = run(["quickstart", "clip", "--out", tmp_path / "qs", "--count", "300", "--max_steps", "3",
                           "--model", "clip-test", "--batch_size", "16", "--no-progress", "--device", "cpu"], capsys)
     assert code == 0, err
