@@ -166,9 +166,10 @@ class CLIP(nn.Module):
                 self.temperature_scale())
 
     def flops_per_image(self) -> float:
-        """Training FLOPs per image-caption pair: the image tower's plus the text tower's over a full caption (6N per
-        token), ignoring the frozen-tower discount."""
+        """Training FLOPs per image-caption pair: the image tower's, plus the text tower's matmul weights over a
+        caption of `text_seq_len` tokens (an upper bound: captions are usually shorter) at 6 FLOPs per weight and
+        token when trained, 2 (forward only) when frozen."""
         c = self.config
-        text_params = sum(p.numel() for n, p in self.text_model.named_parameters() if p.dim() == 2
-                          and "embed" not in n)
-        return vit_flops_per_image(self.config.vision_config()) + 6.0 * text_params * c.text_seq_len
+        text = sum((6.0 if p.requires_grad else 2.0) * p.numel() for n, p in self.text_model.named_parameters()
+                   if p.dim() == 2 and "embed" not in n)
+        return vit_flops_per_image(self.config.vision_config()) + text * c.text_seq_len

@@ -159,7 +159,7 @@ def train_clip(cfg: ClipTrainConfig) -> dict[str, Any]:
     objective = Objective("clip", contrastive_loss_fn(cfg.optim.grad_accum), batches,
                           _evaluator(images, pre, captions, cfg.data.eval_images),
                           units_in=lambda b: int(b["pixels"].shape[0]), unit="img",
-                          flops_per_unit=model.flops_per_image(), units_per_batch=contrastive_batch)
+                          flops_per_unit=model.flops_per_image(), units_per_batch=contrastive_batch)  # after freezing
     print(f"model {mcfg.name}: image tower {mcfg.vision_n_layer}x{mcfg.vision_d_model} at {mcfg.image_size}px, "
           f"text tower {mcfg.text_tower} {mcfg.text_n_layer}x{mcfg.text_d_model}" +
           (" (frozen)" if text_tensors is not None else "") + f"; contrastive batch {contrastive_batch}" +
