@@ -2,6 +2,7 @@
 batch, retrieval recall@k, caption metrics, zero-shot ensembling, and kill-and-resume of a contrastive run."""
 
 import json
+import math
 import os
 import random
 import signal
@@ -185,3 +186,53 @@ def test_contrastive_run_killed_and_resumed_matches_uninterrupted(shapes_set, tm
     a = load_file(resolve_checkpoint(tmp_path / "ref") / "model.safetensors")
     b = load_file(resolve_checkpoint(tmp_path / "killed") / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The three image objectives on the shared run: chance-level loss at the start, learning (captioner), and a seed that
+# fixes the whole run (init, data order, augmentation). Compared within this process, never against pinned floats.
+
+
+def _run_steps(kind: str, images: Path, out: Path, steps: int = 8) -> tuple[list[float], int]:
+    """Per-step training losses of a tiny run of `kind`, and K, the number of choices at each prediction (batch size
+    for InfoNCE, classes for the classifier, vocabulary for the captioner), so that ln K is the loss at chance."""
+    from plinth import config as C
+    from plinth.data.image_prep import ImageSet
+    from plinth.training.caption import train_captioner
+    from plinth.training.classify import train_classifier
+    from plinth.training.contrastive import train_clip
+
+    common = dict(data=C.ImageDataConfig(images=str(images), eval_images=16),
+                  optim=C.OptimConfig(lr=3e-3, batch_size=8, warmup_steps=1),
+                  run=C.RunConfig(out_dir=str(out), max_steps=steps, ckpt_every=0, eval_every=0, log_every=1,
+                                  progress=False),
+                  system=C.SystemConfig(device="cpu", precision="fp32", compile="off", seed=5))
+    if kind == "clip":
+        train_clip(C.ClipTrainConfig(model="clip-test", vocab_size=300, **common))
+        k = 8
+    elif kind == "classifier":
+        train_classifier(C.ClassifierTrainConfig(model="vit-test", **common))
+        k = len(ImageSet(images).seen_classes)
+    else:
+        train_captioner(C.CaptionerTrainConfig(model="captioner-test", vocab_size=300, **common))
+        k = _vocab(out)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r], k
+
+
+def _vocab(run: Path) -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(run / "tokenizer.json")).get_vocab_size()
+
+
+@pytest.mark.parametrize("kind", ["clip", "classifier", "captioner"])
+def test_image_objectives_start_at_chance_learn_and_repeat(shapes_set, tmp_path, kind):
+    losses, k = _run_steps(kind, shapes_set, tmp_path / "a")
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    # A mean over counted targets at init is ~ln K; a sum, or a wrong count, would be off by a factor.
+    assert abs(losses[0] - math.log(k)) < 0.35 * math.log(k), (losses[0], math.log(k))
+    if kind == "captioner":  # token frequencies are learnt in a few steps; 8-image InfoNCE and a 30-way 16-pixel
+        assert max(losses[-3:]) < losses[0] - 0.1, losses  # classifier barely move in 8 (their verbs' tests train)
+    again, _ = _run_steps(kind, shapes_set, tmp_path / "b")
+    assert again == losses

@@ -113,7 +113,8 @@ def test_minilm_parity_with_transformers_when_installed():
 
 
 def test_golden_forward_values():
-    """Pinned outputs of each family at seed 0, so an accidental change to a model's maths is caught."""
+    """Pinned outputs of each family at seed 0 (init comes from torch's CPU generator, the same on every machine), so
+    an accidental change to a model's maths is caught."""
     torch.manual_seed(0)
     x = torch.randn(1, 3, 16, 16)
     values = {}
@@ -127,8 +128,9 @@ def test_golden_forward_values():
                 out = m(x, torch.tensor([[0, 5, 7]]))
             else:
                 out = m(x)
-        values[name] = round(float(out.float().abs().mean()), 4)
-    assert values == GOLDEN, values
+        values[name] = float(out.float().abs().mean())
+    # rel 1e-3: far above fp32 kernel differences between CPUs (~1e-6), far below any change to a model's maths.
+    assert values == pytest.approx(GOLDEN, rel=1e-3), values
 
 
 GOLDEN = {'vit-test': 0.8249, 'cnn-test': 0.3192, 'clip-test': 0.1521, 'captioner-test': 0.0903}
