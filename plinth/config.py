@@ -480,6 +480,10 @@ class CaptionerTrainConfig:
     vocab_size: int = _f(1024, "BPE vocabulary when the tokenizer is trained here", min=258)
     init_vision_from: str = _f("", "start the image encoder from a CLIP or ViT run/model folder's vision tower")
     freeze_vision: bool = _f(False, "keep the image encoder frozen (train the projection and decoder only)")
+    init_decoder_from: str = _f("", "start the decoder from a Plinth language model (a `pretrain` run, checkpoint or "
+                                    "model folder, e.g. an imported Llama); its tokenizer.json replaces --tokenizer")
+    freeze_decoder: bool = _f(False, "keep the decoder frozen (train the projection, and the image encoder unless "
+                                     "--freeze_vision)")
     vqa_fraction: float = _f(0.5, "share of training examples that are a question and its answer, where the set "
                                   "has question-answer pairs (the rest are captions)", min=0.0, max=1.0)
     data: ImageDataConfig = field(default_factory=ImageDataConfig)

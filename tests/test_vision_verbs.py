@@ -4,6 +4,7 @@ clip train/classify/retrieve/probe, captioner train, caption, vqa, quickstart cl
 import json
 
 import pytest
+import torch
 
 from plinth.cli.main import main
 from tests.images_helpers import draw
@@ -139,6 +140,40 @@ def test_captioner_train_caption_and_vqa(env, clip_run, capsys):
     code, out, _ = run(["vqa", cap, "--data", env["root"] / "set", "--max_images", "6"], capsys)
     result = json.loads(out)
     assert code == 0 and result["questions"] == 18 and "what shape are they?" in result["by_question"]
+
+
+def test_captioner_with_an_imported_frozen_decoder(env, clip_run, tmp_path, capsys):
+    """--init_decoder_from a Plinth language model (GQA, vocabulary padded past its tokenizer's) with
+    --freeze_decoder: the decoder comes out unchanged, the projector trained, and its tokenizer travels."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from plinth.artifacts import resolve_checkpoint
+    from plinth.models import build_model, preset
+    from plinth.models.io import save_model
+
+    lm_dir = tmp_path / "lm"
+    lm = build_model(preset("test", vocab_size=320, d_model=32, n_head=4, n_kv_head=2))
+    save_model(lm, lm_dir)
+    shutil.copy(resolve_checkpoint(clip_run) / "tokenizer.json", lm_dir / "tokenizer.json")
+    cap = tmp_path / "cap"
+    code, out, err = run(["captioner", "train", "--model", "captioner-test", "--data.images", env["root"] / "set",
+                          "--init_decoder_from", lm_dir, "--freeze_decoder", "--optim.batch_size", "8",
+                          "--run.out_dir", cap, *TRAIN], capsys)
+    assert code == 0, err
+    assert f"from {lm_dir} (frozen)" in out
+    saved = load_file(resolve_checkpoint(cap) / "model.safetensors")
+    source = load_file(lm_dir / "model.safetensors")
+    assert all(torch.equal(saved[f"language_model.{k}"], v) for k, v in source.items())
+    summary = last_json(out)
+    assert summary["trainable_parameters"] == summary["parameters"] - sum(p.numel() for p in lm.parameters())
+    assert (resolve_checkpoint(cap) / "tokenizer.json").read_bytes() == (lm_dir / "tokenizer.json").read_bytes()
+    code, out, _ = run(["caption", cap, env["files"] / "red_circle.png"], capsys)
+    assert code == 0 and out.count(".png: ") == 1
+    code, _, err = run(["captioner", "train", "--model", "captioner-test", "--data.images", env["root"] / "set",
+                        "--init_decoder_from", clip_run, "--run.out_dir", tmp_path / "bad", *TRAIN], capsys)
+    assert code == 2 and "not a Plinth language model" in err and len(err.strip().splitlines()) == 1
 
 
 def test_frozen_minilm_text_tower(env, capsys):

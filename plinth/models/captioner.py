@@ -42,6 +42,14 @@ class CaptionerConfig:
     n_head: int = option(4, "decoder heads", min=1)
     d_model: int = option(128, "decoder width", min=1)
     d_ff: int = option(0, "decoder SwiGLU width (0 = the Llama rule)", min=0)
+    # The rest of GPT's fields, so that any Plinth decoder (e.g. an imported Llama) can be the language model.
+    n_kv_head: int = option(0, "decoder key/value heads (0 = n_head)", min=0)
+    head_dim: int = option(0, "decoder head width (0 = d_model / n_head)", min=0)
+    rope_theta: float = option(10000.0, "decoder RoPE base frequency", gt=0.0)
+    norm_eps: float = option(1e-5, "decoder RMSNorm epsilon", gt=0.0)
+    tie_embeddings: bool = option(True, "decoder shares its input embedding and output projection")
+    attention_bias: bool = option(False, "decoder biases on q, k, v and o")
+    qkv_bias: bool = option(False, "decoder biases on q, k and v only")
     seq_len: int = option(48, "text tokens (question + answer, or caption) after the image prefix", min=2)
 
     def __post_init__(self) -> None:
@@ -66,8 +74,10 @@ class CaptionerConfig:
     def decoder_config(self) -> GPTConfig:
         """The decoder's config; its context holds the image prefix and the text."""
         return GPTConfig(name=f"{self.name}-decoder", vocab_size=self.vocab_size, n_layer=self.n_layer,
-                         n_head=self.n_head, n_kv_head=self.n_head, d_model=self.d_model, d_ff=self.d_ff,
-                         seq_len=self.n_prefix + self.seq_len)
+                         n_head=self.n_head, n_kv_head=self.n_kv_head or self.n_head, d_model=self.d_model,
+                         head_dim=self.head_dim, d_ff=self.d_ff, seq_len=self.n_prefix + self.seq_len,
+                         rope_theta=self.rope_theta, norm_eps=self.norm_eps, tie_embeddings=self.tie_embeddings,
+                         attention_bias=self.attention_bias, qkv_bias=self.qkv_bias)
 
 
 PRESETS: dict[str, dict] = {

@@ -82,6 +82,30 @@ def _vision_init(cfg: CaptionerTrainConfig) -> tuple[dict[str, Any], dict[str, t
     return fields, vision
 
 
+DECODER_FIELDS = ("n_layer", "n_head", "n_kv_head", "d_model", "head_dim", "d_ff", "rope_theta", "norm_eps",
+                  "tie_embeddings", "attention_bias", "qkv_bias", "vocab_size")
+
+
+def _decoder_init(cfg: CaptionerTrainConfig) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None, Path | None]:
+    """(decoder fields, GPT weights, its tokenizer.json) of --init_decoder_from, or empties. The decoder's context
+    grows by the image prefix; RoPE has no learned positions, so its weights still apply."""
+    if not cfg.init_decoder_from:
+        return {}, None, None
+    folder = resolve_checkpoint(cfg.init_decoder_from)
+    src = read_model_config(folder)
+    if src.family != "gpt":
+        raise PlinthError(f"--init_decoder_from {cfg.init_decoder_from}: a {src.family} model is not a Plinth "
+                          "language model (train one with `plinth pretrain`, or import a Llama folder)")
+    tok = folder / "tokenizer.json"
+    if not tok.is_file():
+        raise PlinthError(f"--init_decoder_from {cfg.init_decoder_from}: no tokenizer.json beside the model in "
+                          f"{folder}; the decoder's own tokenizer is needed")
+    if cfg.tokenizer:
+        raise PlinthError("--tokenizer and --init_decoder_from both given: the imported decoder brings its own "
+                          "tokenizer; drop --tokenizer")
+    return {k: getattr(src, k) for k in DECODER_FIELDS}, read_safetensors(folder / "model.safetensors"), tok
+
+
 def _evaluator(images: ImageSet, pre: Preprocess, captions: CaptionTokenizer, vqa_fraction: float, batch_size: int,
                eval_images: int):
     """Validation loss per caption/answer token on a fixed sample of validation images (both kinds of text)."""
@@ -108,7 +132,7 @@ def _evaluator(images: ImageSet, pre: Preprocess, captions: CaptionTokenizer, vq
 def train_captioner(cfg: CaptionerTrainConfig) -> dict[str, Any]:
     """Train a captioner (captions, and answers where the set has question-answer pairs); returns the run summary."""
     validate(cfg, "captioner train")
-    cfg = absolute_paths(cfg, "tokenizer", "init_vision_from")
+    cfg = absolute_paths(cfg, "tokenizer", "init_vision_from", "init_decoder_from")
     pick_device(cfg.system.device)
     images, train_split = open_training_set(cfg)
     if find_preset(cfg.model)[0].name != "captioner":
@@ -116,10 +140,15 @@ def train_captioner(cfg: CaptionerTrainConfig) -> dict[str, Any]:
                           f"{find_preset(cfg.model)[0].name}")
     run_dir = Path(cfg.run.out_dir)
     has_qa = any(r["qa"] for r in train_split.records)
-    tok_path = caption_tokenizer(cfg.tokenizer, run_dir, images, cfg.vocab_size, with_qa=has_qa)
+    decoder_fields, decoder_tensors, decoder_tok = _decoder_init(cfg)
+    tok_path = decoder_tok or caption_tokenizer(cfg.tokenizer, run_dir, images, cfg.vocab_size, with_qa=has_qa)
     vocab = CaptionTokenizer(tok_path, "decoder", 8).vocab_size
+    if decoder_fields and vocab > decoder_fields["vocab_size"]:
+        raise PlinthError(f"--init_decoder_from {cfg.init_decoder_from}: its tokenizer has {vocab} tokens but the "
+                          f"model only {decoder_fields['vocab_size']}")
     vision_fields, vision_tensors = _vision_init(cfg)
-    mcfg = make_config(cfg.model, cfg.arch, where="arch", vocab_size=vocab, **vision_fields)
+    mcfg = make_config(cfg.model, cfg.arch, where="arch", **{"vocab_size": vocab, **decoder_fields},
+                       **vision_fields)
     if mcfg.family != "captioner":
         raise PlinthError(f"--model {cfg.model}: captioner train needs a captioner model, not {mcfg.family}")
     captions = CaptionTokenizer(tok_path, "decoder", mcfg.seq_len)
@@ -127,8 +156,12 @@ def train_captioner(cfg: CaptionerTrainConfig) -> dict[str, Any]:
     model = build_model(mcfg)
     if vision_tensors is not None:
         load_state(model.vision_model, vision_tensors, cfg.init_vision_from)
+    if decoder_tensors is not None:
+        load_state(model.language_model, decoder_tensors, cfg.init_decoder_from)
     if cfg.freeze_vision:
         model.vision_model.requires_grad_(False)
+    if cfg.freeze_decoder:  # gradients still flow through it to the projector (and the image encoder)
+        model.language_model.requires_grad_(False)
     pre = Preprocess(mcfg.image_size)
     assets = {**write_assets(run_dir, mcfg.image_size), "tokenizer.json": tok_path}
     vqa = cfg.vqa_fraction if has_qa else 0.0
@@ -139,7 +172,9 @@ def train_captioner(cfg: CaptionerTrainConfig) -> dict[str, Any]:
                           units_in=lambda b: int(b["pixels"].shape[0]), unit="img",
                           flops_per_unit=model.flops_per_image(), units_per_batch=cfg.optim.batch_size)
     print(f"model {mcfg.name}: image encoder {mcfg.vision_n_layer}x{mcfg.vision_d_model}"
-          + (" (frozen)" if cfg.freeze_vision else "") + f", decoder {mcfg.n_layer}x{mcfg.d_model}, "
+          + (" (frozen)" if cfg.freeze_vision else "") + f", decoder {mcfg.n_layer}x{mcfg.d_model}"
+          + (f" from {cfg.init_decoder_from}" if decoder_tensors is not None else "")
+          + (" (frozen)" if cfg.freeze_decoder else "") + ", "
           f"{mcfg.n_prefix} image tokens; {'captions and questions' if vqa else 'captions'}", flush=True)
     spec = RunSpec(cfg.optim, cfg.run, cfg.system, config=to_dict(cfg), assets=assets,
                    paths={"images": Path(cfg.data.images), "tokenizer": tok_path})
