@@ -4,6 +4,8 @@ in ONE process, steps interleaved (so machine drift and neighbours hit both alik
     nice -n 10 .venv/bin/python benchmarks/clip_step.py               # 32x32 images, batch 64, fp32 and bf16
     nice -n 10 .venv/bin/python benchmarks/clip_step.py --size 64 --patch 8
     nice -n 10 .venv/bin/python benchmarks/clip_step.py --quick
+    nice -n 10 .venv/bin/python benchmarks/clip_step.py --profile    # where the step's CPU time goes, GEMM rate
+    nice -n 10 .venv/bin/python benchmarks/clip_step.py --compile --precisions fp32   # + Plinth under torch.compile
 
 Same shapes for both: ViT image tower (4 layers, width 128, 4 heads, MLP 512, GELU), text tower of 2 layers, width
 128, 4 heads, captions of 16 tokens, vocabulary 1024, embedding 128, learned temperature. Plinth's text tower is its
@@ -76,7 +78,7 @@ def plinth_step(model, opt, batch, precision: str) -> float:
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 def hf_step(model, opt, batch, precision: str) -> float:
@@ -86,7 +88,7 @@ def hf_step(model, opt, batch, precision: str) -> float:
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 def time_step(fn, *args) -> tuple[float, float]:
@@ -95,11 +97,21 @@ def time_step(fn, *args) -> tuple[float, float]:
     return time.perf_counter() - w, time.thread_time() - c
 
 
-def bench_models(size: int, patch: int, precision: str, rounds: int) -> list[list[object]]:
+def bench_models(size: int, patch: int, precision: str, rounds: int, compiled: bool = False) -> list[list[object]]:
     torch.manual_seed(0)
     ours, hf = build_plinth(size, patch), build_hf(size, patch)
     n_ours, n_hf = (sum(p.numel() for p in m.parameters()) for m in (ours, hf))
     variants = {"plinth": (plinth_step, ours, adamw(ours)), "transformers": (hf_step, hf, adamw(hf))}
+    if compiled:  # a third variant: a copy of Plinth's model under torch.compile (compile time reported apart)
+        twin = build_plinth(size, patch)
+        twin.load_state_dict(ours.state_dict())
+        fn = torch.compile(twin)
+        w, c = time.perf_counter(), time.thread_time()
+        opt = adamw(twin)
+        plinth_step(fn, opt, make_batch(size, 0), precision)
+        print(f"torch.compile ({precision}): first step {time.perf_counter() - w:.0f} s wall, "
+              f"{time.thread_time() - c:.0f} s CPU of this thread", flush=True)
+        variants["plinth compiled"] = (plinth_step, fn, opt)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
     for r in range(rounds + 2):
         batch = make_batch(size, r)
@@ -112,13 +124,18 @@ def bench_models(size: int, patch: int, precision: str, rounds: int) -> list[lis
     rows = []
     for name, ts in times.items():
         wall, cpu = statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)
-        rows.append([name, precision, f"{size}x{size}/{patch}", f"{n_ours if name == 'plinth' else n_hf:,}",
+        rows.append([name, precision, f"{size}x{size}/{patch}", f"{n_hf if name == 'transformers' else n_ours:,}",
                      f"{wall * 1000:.0f}", f"{BATCH / wall:.0f}", f"{cpu * 1000:.0f}", f"{BATCH / cpu:.0f}"])
     cpu_ratio = (statistics.median(t[1] for t in times["transformers"]) /
                  statistics.median(t[1] for t in times["plinth"]))
     wall_ratio = (statistics.median(t[0] for t in times["transformers"]) /
                   statistics.median(t[0] for t in times["plinth"]))
     rows.append(["plinth / transformers", precision, "", "", "", f"{wall_ratio:.2f}x", "", f"{cpu_ratio:.2f}x"])
+    if compiled:
+        hf_wall, hf_cpu = (statistics.median(t[i] for t in times["transformers"]) for i in (0, 1))
+        c_wall, c_cpu = (statistics.median(t[i] for t in times["plinth compiled"]) for i in (0, 1))
+        rows.append(["plinth compiled / transformers", precision, "", "", "", f"{hf_wall / c_wall:.2f}x", "",
+                     f"{hf_cpu / c_cpu:.2f}x"])
     return rows
 
 
@@ -161,6 +178,37 @@ def bench_loader(size: int, n_batches: int) -> list[list[object]]:
     return rows
 
 
+def profile(size: int, patch: int, steps: int = 3) -> None:
+    """Share of each step's CPU time in matrix multiplies (torch.profiler, self time of aten::mm/addmm/bmm), and the
+    rate of the ViT's widest linear layer (tokens x 128 -> 512) alone, forward and backward, fp32."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.manual_seed(0)
+    ours, hf = build_plinth(size, patch), build_hf(size, patch)
+    for name, fn, model in (("plinth", plinth_step, ours), ("transformers", hf_step, hf)):
+        opt = adamw(model)
+        fn(model, opt, make_batch(size, 0), "fp32")  # warm-up
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for s in range(steps):
+                fn(model, opt, make_batch(size, s + 1), "fp32")
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        mm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+        print(f"{name:13s} {steps} steps: {mm / total:.0%} of self CPU time in aten::mm/addmm/bmm")
+    tokens = BATCH * ((size // patch) ** 2 + 1)
+    layer = torch.nn.Linear(128, 512)
+    x = torch.randn(tokens, 128, requires_grad=True)
+    for _ in range(2):
+        layer(x).sum().backward()
+    c, n = time.thread_time(), 10
+    for _ in range(n):
+        layer(x).sum().backward()
+    flops = 3 * 2 * tokens * 128 * 512 * n  # forward, grad of input, grad of weight
+    print(f"linear {tokens}x128 -> 512, forward + backward: {flops / (time.thread_time() - c) / 1e9:.0f} GFLOP/s "
+          f"(CPU time, one thread)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=32)
@@ -168,8 +216,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--quick", action="store_true", help="3 rounds, fp32 only, fewer loader batches")
+    p.add_argument("--profile", action="store_true", help="only: where the CPU time goes, and the GEMM rate")
+    p.add_argument("--compile", action="store_true", help="add Plinth's model under torch.compile as a third variant")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.profile:
+        return profile(args.size, args.patch)
     rounds = 3 if args.quick else args.rounds
     precisions = ["fp32"] if args.quick else args.precisions.split(",")
     import transformers
@@ -179,7 +231,7 @@ def main() -> None:
     meter = OtherCpu()
     rows = []
     for precision in precisions:
-        rows += bench_models(args.size, args.patch, precision, rounds)
+        rows += bench_models(args.size, args.patch, precision, rounds, args.compile)
     print(f"\nbatch {BATCH}, captions of {SEQ} tokens; medians over {rounds} interleaved rounds\n")
     print_table(["model", "precision", "image/patch", "parameters", "wall ms/step", "wall img/s", "CPU ms/step",
                  "CPU img/s"], rows)
