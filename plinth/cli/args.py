@@ -144,6 +144,12 @@ def parse(cls, argv: list[str], prog: str = "plinth") -> Any:
                 raise PlinthError("--config takes exactly one YAML file path")
             apply_mapping(obj, load_yaml(values[0]), f"config {values[0]}")
     pos = _positional_field(cls)
+    rest = [f for f in dataclasses.fields(cls) if f.metadata.get("positional") and f is not pos]
+    if bare and pos is not None and rest and len(bare) > 1:
+        # A second positional field (a list) takes the words after the first: `plinth caption MODEL IMAGE...`.
+        second = rest[0]
+        setattr(obj, second.name, coerce(bare[1:], field_types(cls)[second.name], f"{prog}: {second.name}"))
+        bare = bare[:1]
     if bare:
         if pos is None:
             raise PlinthError(f"{prog}: unexpected argument {bare[0]!r} (options start with --; see --help)")

@@ -12,11 +12,21 @@ from dataclasses import dataclass
 from plinth.cli.args import help_text, parse
 from plinth.common import PlinthError, PlinthWarning
 from plinth.config import (
+    CaptionConfig,
+    CaptionerTrainConfig,
     ChatConfig,
+    ClassifierTrainConfig,
+    ClassifyConfig,
+    ClipClassifyConfig,
+    ClipProbeConfig,
+    ClipQuickstartConfig,
+    ClipRetrieveConfig,
+    ClipTrainConfig,
     EvalTasksConfig,
     EvaluateConfig,
     ExportConfig,
     GenerateConfig,
+    ImagesPrepareConfig,
     ImportConfig,
     LangtestTasksConfig,
     PrepareConfig,
@@ -24,6 +34,7 @@ from plinth.config import (
     QuickstartConfig,
     TokenizeConfig,
     TokenizerConfig,
+    VqaConfig,
 )
 
 # Offline by design: nothing in Plinth fetches from a hub at run time.
@@ -72,6 +83,31 @@ VERBS: dict[tuple[str, ...], Verb] = {
                                  "train a byte-level BPE or character tokenizer"),
     ("models", "ls"): Verb("plinth.cli.verbs:models_ls", NoArgs,
                            "list model families, size presets and built-in pretrained models"),
+    # Images, CLIP, captioning (printing wrappers in cli/vision_verbs.py)
+    ("quickstart", "clip"): Verb("plinth.cli.vision_verbs:quickstart_clip", ClipQuickstartConfig,
+                                 "train a small CLIP on built-in images; zero-shot report with a plot"),
+    ("images", "prepare"): Verb("plinth.cli.vision_verbs:images_prepare", ImagesPrepareConfig,
+                                "decode, check, resize and split images (folders, caption files, tar shards)"),
+    ("images", "builtin"): Verb("plinth.cli.vision_verbs:images_builtin", NoArgs,
+                                "list the image sets that ship with packages"),
+    ("classifier", "train"): Verb("plinth.cli.vision_verbs:classifier_train", ClassifierTrainConfig,
+                                  "train a CNN or ViT image classifier (resumable)"),
+    ("classify",): Verb("plinth.cli.vision_verbs:classify", ClassifyConfig,
+                        "label images with a trained classifier, or score it on a prepared set"),
+    ("clip", "train"): Verb("plinth.cli.vision_verbs:clip_train", ClipTrainConfig,
+                            "contrastive image-text pretraining, learned temperature, gradient caching (resumable)"),
+    ("clip", "classify"): Verb("plinth.cli.vision_verbs:clip_classify", ClipClassifyConfig,
+                               "zero-shot classification with prompt templates and ensembling"),
+    ("clip", "retrieve"): Verb("plinth.cli.vision_verbs:clip_retrieve", ClipRetrieveConfig,
+                               "text-to-image and image-to-text search; recall@1/5/10 on a prepared set"),
+    ("clip", "probe"): Verb("plinth.cli.vision_verbs:clip_probe", ClipProbeConfig,
+                            "linear probe on frozen image features, beside zero-shot accuracy"),
+    ("captioner", "train"): Verb("plinth.cli.vision_verbs:captioner_train", CaptionerTrainConfig,
+                                 "train an image captioner that also answers questions (resumable)"),
+    ("caption",): Verb("plinth.cli.vision_verbs:caption", CaptionConfig,
+                       "caption images, or score captions on a prepared set (BLEU-4, CIDEr-D)"),
+    ("vqa",): Verb("plinth.cli.vision_verbs:vqa", VqaConfig,
+                   "answer questions about images, or score answers on a prepared set"),
 }
 
 

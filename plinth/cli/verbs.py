@@ -279,4 +279,19 @@ def models_ls(_: Any) -> int:
     for r in list_builtin_models():
         builtin.add_row(r["name"], r["description"], r["license"], r["file"])
     console.print(builtin)
+    _other_families()
     return 0
+
+
+def _other_families() -> None:
+    """The image, text-encoder and multimodal families' presets (issue 10)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from plinth.common import human_count
+    from plinth.models import other_preset_table
+
+    table = Table("family", "preset", "shape", "parameters")
+    for r in other_preset_table():
+        table.add_row(r["family"], r["name"], r["shape"], human_count(r["params"]))
+    Console().print(table)

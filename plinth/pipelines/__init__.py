@@ -17,6 +17,10 @@ from plinth.models.io import read_model_config
 # family -> "module:class" of its pipeline; imported on first use. One row per family that can be loaded for use.
 PIPELINES: dict[str, str] = {
     "gpt": "plinth.pipelines.text:LanguageModel",
+    "cnn": "plinth.pipelines.vision:ImageClassifier",
+    "vit": "plinth.pipelines.vision:ImageClassifier",
+    "clip": "plinth.pipelines.vision:CLIPPipeline",
+    "captioner": "plinth.pipelines.vision:CaptionPipeline",
 }
 
 
