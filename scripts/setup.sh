@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install Plinth with its test extras. Idempotent: a second run only re-checks.
+# Create .venv and install Plinth with its test and web extras. Idempotent: a second run only re-checks.
 # torch goes in first and stays pinned (constraints.txt): a torch-dependent package resolved first could otherwise pull
 # a multi-GB CUDA build. Set TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu) to choose a torch build.
 set -euo pipefail
@@ -19,6 +19,6 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
 else
   .venv/bin/python -m pip install -q -c constraints.txt torch
 fi
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test,web]"
 echo "$want" > "$stamp"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

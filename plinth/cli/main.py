@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from plinth.cli.args import help_text, parse
 from plinth.common import PlinthError, PlinthWarning
 from plinth.config import (
+    DataPipelineConfig,
     EvaluateConfig,
     GenerateConfig,
     PrepareConfig,
@@ -53,6 +54,18 @@ VERBS: dict[tuple[str, ...], Verb] = {
     ("data", "builtin"): Verb("plinth.cli.verbs:data_builtin", NoArgs, "list the corpora that ship with the package"),
     ("data", "tokenize"): Verb("plinth.cli.verbs:data_tokenize", TokenizeConfig,
                                "encode prepared documents into packed token shards"),
+    ("data", "pipeline"): Verb("plinth.cli.verbs:data_pipeline", DataPipelineConfig,
+                               "web archives + local collections -> filtered, deduplicated, mixed token shards"),
+    ("data", "extract"): Verb("plinth.cli.verbs:data_extract", DataPipelineConfig,
+                              "pipeline stage 1: read WARC/WET/ARC, extract text, filter, scrub PII, sign"),
+    ("data", "dedup"): Verb("plinth.cli.verbs:data_dedup", DataPipelineConfig,
+                            "pipeline stage 2: exact and near-duplicate removal across every input"),
+    ("data", "finalize"): Verb("plinth.cli.verbs:data_finalize", DataPipelineConfig,
+                               "pipeline stage 3: keep what dedup kept, tokenize it (docs/)"),
+    ("data", "mix"): Verb("plinth.cli.verbs:data_mix", DataPipelineConfig,
+                          "pipeline stage 4: sample sources by weight into tagged token shards"),
+    ("data", "report"): Verb("plinth.cli.verbs:data_report", DataPipelineConfig,
+                             "pipeline stage 5: data_report.json, summary.md, report.png"),
     ("tokenizer", "train"): Verb("plinth.cli.verbs:tokenizer_train", TokenizerConfig,
                                  "train a byte-level BPE or character tokenizer"),
     ("models", "ls"): Verb("plinth.cli.verbs:models_ls", NoArgs, "list model families and size presets"),
