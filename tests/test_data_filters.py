@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -77,6 +80,17 @@ def test_ngram_fractions_match_hand_counts():
     assert dup_ngram_char_frac(words, 5) == pytest.approx(5 / 11)
     assert top_ngram_char_frac("x y x y x y z".split(), 2) == pytest.approx(2 * 3 / 7)
     assert dup_ngram_char_frac("a b c d e f".split(), 5) == 0.0
+
+
+@pytest.mark.parametrize("hashseed", ["0", "1", "2", "3"])
+def test_top_ngram_tie_is_the_first_one_in_every_process(hashseed):
+    """'aa b' and 'ccc d' both occur twice: the first in the text counts (6 of 14 chars), whatever the string hashes
+    of this process (word ids are Python hashes, so a 'smallest id' tie-break would change between runs)."""
+    code = ("from plinth.data.filters import top_ngram_char_frac as f; "
+            "print(f('aa b aa b ccc d ccc d'.split(), 2))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": hashseed}).stdout
+    assert float(out) == pytest.approx(6 / 14)
 
 
 def test_c4_lines_edits_text_and_counts_removed_lines():

@@ -42,12 +42,19 @@ _SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f]+(?:[\"'\u201d\u2019)\]]*)(?
 
 
 _STRIP = ".,;:!?\"'()[]{}\u201c\u201d\u2018\u2019"
-_HAS_ALPHA = re.compile(r"(?<!\S)\S*?[^\W\d_]\S*", re.UNICODE)   # a whitespace token with at least one letter
+
+
+_STRIP_TABLE = str.maketrans("", "", _STRIP)
+# A whitespace-separated token without a single letter (digits, symbols): rare, so counting them is cheap.
+_NO_ALPHA = re.compile(r"(?<!\S)(?:(?![^\W\d_])\S)+(?!\S)")
+_POLICY_RE = re.compile("|".join(re.escape(p) for p in _POLICY))
 
 
 def _words(text: str) -> list[str]:
-    """Whitespace-separated tokens with surrounding punctuation stripped (empty ones dropped)."""
-    return [w for w in (x.strip(_STRIP) for x in text.split()) if w]
+    """Whitespace-separated words without punctuation (quotes, brackets, .,;:!?); punctuation-only tokens vanish.
+    (Removing the characters everywhere rather than stripping them off the ends keeps this one C-level pass; only
+    words with inner punctuation such as "don't" differ, by a character.)"""
+    return text.translate(_STRIP_TABLE).split()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -90,23 +97,21 @@ def gopher_quality_rule(doc: dict, cfg: GopherQualityConfig) -> str | None:
         return "bullet_lines"
     if sum(line.rstrip().endswith(_ELLIPSIS) for line in lines) / len(lines) > cfg.max_ellipsis_lines_ratio:
         return "ellipsis_lines"
-    if sum(1 for _ in _HAS_ALPHA.finditer(text)) / len(raw) < cfg.min_alpha_words_ratio:
+    if 1.0 - len(_NO_ALPHA.findall(text)) / len(raw) < cfg.min_alpha_words_ratio:
         return "alpha_words"
-    stop = set(cfg.stop_words)
-    found = 0
-    for w in words:
-        if w.lower() in stop:
-            found += 1
-            if found >= cfg.min_stop_words:
-                return None
-    return "stop_words"
+    stop = {w.lower() for w in cfg.stop_words}
+    if sum(map(stop.__contains__, " ".join(words).lower().split())) < cfg.min_stop_words:
+        return "stop_words"
+    return None
 
 
 def _word_ids(words: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(id per word, length per word) as arrays; ids index the document's own vocabulary."""
-    vocab: dict[str, int] = {}
-    ids = np.array([vocab.setdefault(w, len(vocab)) for w in words], dtype=np.uint64)
-    return ids, np.array([len(w) for w in words], dtype=np.int64)
+    """(64-bit id per word, length per word) as arrays. The ids are Python's string hashes: equal words get equal
+    ids (collisions of 64-bit hashes are negligible at document scale); they differ between processes, which the
+    fractions computed from them do not."""
+    n = len(words)
+    ids = np.fromiter(map(hash, words), dtype=np.int64, count=n).view(np.uint64)
+    return ids, np.fromiter(map(len, words), dtype=np.int64, count=n)
 
 
 def _ngram_ids(ids: np.ndarray, n: int) -> np.ndarray:
@@ -141,12 +146,17 @@ def _top_ngram(ids: np.ndarray, lengths: np.ndarray, n: int) -> float:
     if len(ids) < n + 1:
         return 0.0
     h = _ngram_ids(ids, n)
-    _, first, counts = np.unique(h, return_index=True, return_counts=True)
-    best = int(np.argmax(counts))
-    if counts[best] < 2:
+    # A plain sort and run lengths (not np.unique with indices, which needs a stable argsort). Among n-grams tied
+    # for most frequent, the one that occurs first in the text counts (as collections.Counter.most_common picks):
+    # the word ids are per-process string hashes, so "the smallest id" would differ between runs.
+    s = np.sort(h)
+    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+    counts = np.diff(np.append(starts, len(s)))
+    top = int(counts.max())
+    if top < 2:
         return 0.0
-    start = int(first[best])
-    return float(lengths[start:start + n].sum() * counts[best] / lengths.sum())
+    start = int(np.argmax(np.isin(h, s[starts[counts == top]])))
+    return float(lengths[start:start + n].sum() * top / lengths.sum())
 
 
 def dup_ngram_char_frac(words: list[str], n: int) -> float:
@@ -222,9 +232,10 @@ def c4_lines_rule(doc: dict, cfg: C4LinesConfig) -> str | None:
         words = line.split()
         if ((cfg.remove_no_terminal_punct and not line.rstrip().endswith(_TERMINAL))
                 or len(words) < cfg.min_words_per_line
-                or (cfg.max_word_length and any(len(w) > cfg.max_word_length for w in words))
+                or (cfg.max_word_length and len(line) > cfg.max_word_length
+                    and max(map(len, words), default=0) > cfg.max_word_length)
                 or (cfg.remove_javascript_lines and "javascript" in ll)
-                or (cfg.remove_policy_lines and any(p in ll for p in _POLICY))):
+                or (cfg.remove_policy_lines and _POLICY_RE.search(ll))):
             removed += 1
             continue
         kept.append(line)
