@@ -105,12 +105,23 @@ def test_two_workers_give_the_same_bytes(tmp_path, reference_run, small_crawl, w
     assert snapshot(tmp_path / "out") == snapshot(reference_run)
 
 
-def test_stages_run_alone_in_order(tmp_path, reference_run, small_crawl, web_tokenizer, books):
-    cfg = load(write_config(tmp_path, small_crawl, web_tokenizer, books=books))
+def test_stages_run_alone_in_order(tmp_path, reference_run, small_crawl, web_tokenizer, books, capsys):
+    """Each stage alone, as its CLI verb (in this process) for the first three and from the Python API
+    (`plinth.data_pipeline`) for the last two: the same bytes as the whole pipeline in one call."""
+    import plinth
+    from plinth.cli.main import main
+
+    path = write_config(tmp_path, small_crawl, web_tokenizer, books=books)
+    cfg = load(path)
     with pytest.raises(PlinthError, match="run `plinth data extract` first"):
         run_pipeline(cfg, stages=("dedup",))
-    for stage in STAGES:
-        run_pipeline(cfg, stages=(stage,))
+    assert main(["data", "dedup", "--config", str(path)]) == 2
+    assert "run `plinth data extract` first" in capsys.readouterr().err
+    for stage in STAGES[:3]:
+        assert main(["data", stage, "--config", str(path)]) == 0
+        assert f"{stage} " in capsys.readouterr().out
+    for stage in STAGES[3:]:
+        assert list(plinth.data_pipeline(cfg, stages=(stage,))) == [stage]
     assert snapshot(tmp_path / "out") == snapshot(reference_run)
     # a new mix over the same run folder: only the mix is redone, in other proportions
     cfg.mix.sources["web"]["weight"] = 0.5
