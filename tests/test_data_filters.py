@@ -82,7 +82,7 @@ def test_ngram_fractions_match_hand_counts():
     assert dup_ngram_char_frac("a b c d e f".split(), 5) == 0.0
 
 
-@pytest.mark.parametrize("hashseed", ["0", "1", "2", "3"])
+@pytest.mark.parametrize("hashseed", ["0", "1"])   # the old "smallest id" tie-break gave 8/14 and 6/14
 def test_top_ngram_tie_is_the_first_one_in_every_process(hashseed):
     """'aa b' and 'ccc d' both occur twice: the first in the text counts (6 of 14 chars), whatever the string hashes
     of this process (word ids are Python hashes, so a 'smallest id' tie-break would change between runs)."""

@@ -146,7 +146,8 @@ def _markers(out: Path, stage: str) -> int:
     return len(list((out / "work" / stage).glob("*.stats.json")))
 
 
-@pytest.mark.parametrize("workers,stage", [(1, "extract"), (2, "extract"), (2, "finalize")])
+@pytest.mark.parametrize("workers,stage", [pytest.param(1, "extract", marks=pytest.mark.slow), (2, "extract"),
+                                          (2, "finalize")])
 def test_kill_and_rerun_is_byte_identical(tmp_path, reference_run, small_crawl, web_tokenizer, books, workers,
                                           stage):
     """SIGKILL the whole run (main process and workers) in the middle of a stage, rerun the same command: the outputs
