@@ -23,6 +23,7 @@ _LAZY = {
     "prepare": ("plinth.data.prepare", "prepare"),
     "train_tokenizer": ("plinth.data.tokenizer", "train_tokenizer"),
     "tokenize": ("plinth.data.shards", "write_shards"),
+    "data_pipeline": ("plinth.data.pipeline", "run_pipeline"),
     "load": ("plinth.pipelines", "load"),
     "LanguageModel": ("plinth.pipelines.text", "LanguageModel"),
     "Tokenizer": ("plinth.data.tokenizer", "Tokenizer"),
@@ -40,6 +41,7 @@ __all__ = sorted([*_LAZY, "evaluate", "config"])
 
 if TYPE_CHECKING:
     from plinth.config import PlinthError  # noqa: F401
+    from plinth.data.pipeline import run_pipeline as data_pipeline  # noqa: F401
     from plinth.data.prepare import prepare  # noqa: F401
     from plinth.data.shards import write_shards as tokenize  # noqa: F401
     from plinth.data.tokenizer import Tokenizer, train_tokenizer  # noqa: F401

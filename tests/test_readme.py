@@ -40,6 +40,8 @@ TINY = {
     "vqa": ["--max_images", "4"],
     "quickstart clip": ["--count", "300", "--max_steps", "3", "--model", "clip-test", "--batch_size", "16",
                         "--no-progress"],
+    "benchmarks/synthetic_crawl.py": ["--mb", "1", "--files", "2"],
+    "data pipeline": ["--no-progress"],
 }
 GROUPS = ("data", "tokenizer", "models", "eval", "images", "clip", "classifier", "captioner")
 # Commands that need an optional extra (vision: scikit-learn for probes, sacrebleu for BLEU; eval: lm-eval), skipped
@@ -47,6 +49,12 @@ GROUPS = ("data", "tokenizer", "models", "eval", "images", "clip", "classifier",
 NEEDS_EXTRA = {"clip probe": "sklearn", "caption": "sacrebleu", "plinth-lm-eval": "lm_eval"}
 BUILTIN = "builtin:smollm2-135m-instruct"
 CHAT_INPUT = "What is the capital of France?\n/system Answer briefly.\nAnd of Italy?\n/save chat.json\n/quit\n"
+# Commands of the web-data example: they need the `web` extra (scripts/setup.sh installs it; skipped without it).
+WEB_COMMANDS = ("synthetic_crawl", "data pipeline", "runs/data")
+
+
+def _web_available() -> bool:
+    return all(importlib.util.find_spec(m) for m in ("warcio", "fastwarc", "resiliparse", "datasketch", "py3langid"))
 
 
 def _blocks(lang: str) -> list[str]:
@@ -93,6 +101,12 @@ def _run_commands(cmds: list[str], cwd: Path, model: str = BUILTIN) -> list[str]
         if argv[0] in (".", "source") or argv[0].startswith("scripts/") or argv[1:3] == ["quickstart", "clip"]:
             # activation, the set-up scripts (tested below) and the second quickstart (tests/test_vision_verbs.py)
             continue
+        if any(w in cmd for w in WEB_COMMANDS) and not _web_available():
+            continue
+        if argv[0] == "python" and argv[1].startswith("benchmarks/"):
+            _run([sys.executable, str(REPO / argv[1]), *argv[2:], *TINY.get(argv[1], [])], cwd)
+            ran.append(argv[1])
+            continue
         verb = _verb(argv)
         assert argv[0] in ("plinth", "plinth-lm-eval"), f"README command not covered by this test: {cmd}"
         if verb in NEEDS_EXTRA and importlib.util.find_spec(NEEDS_EXTRA[verb]) is None:
@@ -138,6 +152,11 @@ def test_readme_plinth_commands_run_in_order(tmp_path):
     assert (tmp_path / "runs" / "pretrain" / "summary.json").is_file()
     assert (tmp_path / "exported" / "smollm2-hf" / "config.json").is_file()
     assert (tmp_path / "runs" / "eval" / "piqa.5shot.json").is_file()
+    if _web_available():
+        assert {"benchmarks/synthetic_crawl.py", "data pipeline"} <= set(ran)
+        report = json.loads((tmp_path / "runs" / "data" / "data_report.json").read_text())
+        assert set(report["mix"]["sources"]) == {"web", "books", "bible"} and report["shards"]["train"]["tokens"]
+        assert json.loads((tmp_path / "runs" / "web" / "summary.json").read_text())["steps"] == 3
 
 
 @pytest.mark.slow
@@ -168,6 +187,17 @@ def test_readme_python_example_runs(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "'bpb'" in proc.stdout
+
+
+def test_readme_real_model_python_example_runs(tmp_path):
+    """The real-model Python block, with a tiny chat GGUF standing in for SmolLM2 (the slow test runs the real one)."""
+    (code,) = [b for b in _blocks("python") if BUILTIN in b]
+    shrunk = code.replace(BUILTIN, str(_tiny_chat_gguf(tmp_path / "tiny.gguf"))).replace("temperature=0)",
+                                                                                    "temperature=0, max_new_tokens=4)")
+    assert shrunk != code
+    proc = subprocess.run([sys.executable, "-c", shrunk], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 
 @pytest.mark.skipif(not (REPO / ".venv" / "bin" / "python").exists(), reason="needs the scripts' .venv")

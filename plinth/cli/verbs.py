@@ -12,6 +12,7 @@ from typing import Any
 
 from plinth.config import (
     ChatConfig,
+    DataPipelineConfig,
     EvalTasksConfig,
     EvaluateConfig,
     ExportConfig,
@@ -295,3 +296,48 @@ def _other_families() -> None:
     for r in other_preset_table():
         table.add_row(r["family"], r["name"], r["shape"], human_count(r["params"]))
     Console().print(table)
+
+
+def _data_stages(cfg: DataPipelineConfig, stages: tuple[str, ...]) -> int:
+    from plinth.data.pipeline import run_pipeline
+
+    times = run_pipeline(cfg, stages=stages)
+    print(" ".join(f"{k} {v:.1f}s" for k, v in times.items()), f"-> {cfg.out}")
+    if "report" in stages:
+        print(f"report: {cfg.out}/summary.md, {cfg.out}/data_report.json")
+    if "mix" in stages:
+        print(f"shards: {cfg.out}/shards (plinth pretrain --data.shards {cfg.out}/shards --data.tokenizer "
+              f"{cfg.tokenizer})")
+    return 0
+
+
+def data_pipeline(cfg: DataPipelineConfig) -> int:
+    """Every stage of the broad-data pipeline, resuming where a previous run stopped."""
+    from plinth.data.pipeline import STAGES
+
+    return _data_stages(cfg, STAGES)
+
+
+def data_extract(cfg: DataPipelineConfig) -> int:
+    """Stage 1: read archives, extract text, filter, scrub PII, sign (per input, resumable)."""
+    return _data_stages(cfg, ("extract",))
+
+
+def data_dedup(cfg: DataPipelineConfig) -> int:
+    """Stage 2: exact and near-duplicate removal across every input."""
+    return _data_stages(cfg, ("dedup",))
+
+
+def data_finalize(cfg: DataPipelineConfig) -> int:
+    """Stage 3: keep what dedup kept and tokenize it."""
+    return _data_stages(cfg, ("finalize",))
+
+
+def data_mix(cfg: DataPipelineConfig) -> int:
+    """Stage 4: sample the mix sources into tagged token shards."""
+    return _data_stages(cfg, ("mix",))
+
+
+def data_report(cfg: DataPipelineConfig) -> int:
+    """Stage 5: the data report."""
+    return _data_stages(cfg, ("report",))

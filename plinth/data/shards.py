@@ -3,6 +3,10 @@
 A split folder holds shard_00000.bin, shard_00001.bin, ... (raw little-endian uint16/uint32 token ids, each document
 followed by the end-of-document token) and manifest.json (counts and a sha256 per shard), so a reader can prove the
 bytes it trains on are the bytes that were written.
+
+Shards written by the mixing stage of the data pipeline (`TaggedSplitWriter`) also hold `documents.bin`: one row per
+document in stream order, its token count (eos included) and the index of its source in the manifest's `sources`
+list, so every token can be traced to the source it was sampled from (`TokenShards.document_index`).
 """
 
 from __future__ import annotations
@@ -69,6 +73,56 @@ class _ShardWriter:
         self._file.close()
         self._file = None
         self.shards.append({"file": name, "tokens": self._n, "sha256": self._hash.hexdigest()})
+
+
+DOC_INDEX_FILE = "documents.bin"
+DOC_INDEX_DTYPE = np.dtype([("tokens", "<u4"), ("source", "<u2")])  # per document, in stream order
+
+
+class TaggedSplitWriter:
+    """Writes one split (train or val) document by document, each tagged with its source; `close()` writes the
+    manifest (with per-source documents and tokens) and returns it."""
+
+    def __init__(self, folder: str | os.PathLike, vocab_size: int, eos_id: int, tokenizer_sha256: str,
+                 sources: list[str], shard_tokens: int):
+        if len(sources) > np.iinfo(np.uint16).max:
+            raise PlinthError(f"at most 65535 sources can be tagged, got {len(sources)}")
+        self.folder = Path(folder)
+        self.dtype = shard_dtype(vocab_size)
+        self.vocab_size, self.eos_id, self.tokenizer_sha256 = vocab_size, eos_id, tokenizer_sha256
+        self.sources, self.shard_tokens = list(sources), shard_tokens
+        self._writer = _ShardWriter(self.folder, self.dtype, shard_tokens)
+        self._index = open(self.folder / DOC_INDEX_FILE, "wb")
+        self._index_hash = hashlib.sha256()
+        self.per_source = {name: {"documents": 0, "tokens": 0} for name in self.sources}
+
+    def add(self, ids: np.ndarray, source: int) -> None:
+        """Append one document's token ids (no eos: it is added here) from source number `source`."""
+        doc = np.empty(len(ids) + 1, dtype=np.int64)
+        doc[:-1] = ids
+        doc[-1] = self.eos_id
+        self._writer.write(doc)
+        row = np.array([(len(doc), source)], dtype=DOC_INDEX_DTYPE).tobytes()
+        self._index.write(row)
+        self._index_hash.update(row)
+        counts = self.per_source[self.sources[source]]
+        counts["documents"] += 1
+        counts["tokens"] += len(doc)
+
+    def close(self) -> dict:
+        """Finish the shards, write manifest.json; return the manifest."""
+        self._writer.close()
+        self._index.close()
+        manifest = {
+            "format": FORMAT, "version": FORMAT_VERSION, "dtype": self.dtype.name, "vocab_size": self.vocab_size,
+            "eos_id": self.eos_id, "tokenizer_sha256": self.tokenizer_sha256, "shard_tokens": self.shard_tokens,
+            "tokens": sum(s["tokens"] for s in self._writer.shards),
+            "documents": sum(c["documents"] for c in self.per_source.values()), "shards": self._writer.shards,
+            "sources": self.sources, "per_source": self.per_source,
+            "document_index": {"file": DOC_INDEX_FILE, "sha256": self._index_hash.hexdigest()},
+        }
+        atomic_write_json(self.folder / "manifest.json", manifest)
+        return manifest
 
 
 def _encoded_batches(tok: Tokenizer, path: Path, advance) -> Iterator[tuple[np.ndarray, int]]:
@@ -159,6 +213,17 @@ class TokenShards:
 
     def __len__(self) -> int:
         return self.total_tokens
+
+    def document_index(self) -> tuple[list[str], np.ndarray] | None:
+        """(source names, per-document rows with fields `tokens` and `source`) for shards written by the data
+        pipeline's mixing stage, verified against the manifest; None for shards without source tags."""
+        info = self.manifest.get("document_index")
+        if not info:
+            return None
+        path = self.folder / info["file"]
+        if not path.is_file() or sha256_file(path) != info["sha256"]:
+            raise PlinthError(f"{path} is missing or corrupt (sha256 differs from the manifest): re-run the mix")
+        return list(self.manifest["sources"]), np.fromfile(path, dtype=DOC_INDEX_DTYPE)
 
     def window(self, start: int, length: int) -> np.ndarray:
         """A copy of tokens [start, start + length) of the flat stream, across shard boundaries."""
