@@ -6,7 +6,8 @@ verb calls it again, so the Python API gets the same one-line errors). A YAML fi
 shape as these dataclasses; `--section.field value` overrides any field.
 
 Sections shared by several verbs: `OptimConfig` (the optimiser and its batch), `RunConfig` (run control: length,
-cadence, resume, logging), `SystemConfig` (device, precision, compile, seed) and `SamplingConfig` (decoding).
+cadence, resume, logging), `SystemConfig` (device, precision, compile, seed, activation checkpointing),
+`DistributedConfig` (processes, DDP or FSDP2, backend) and `SamplingConfig` (decoding).
 Model architectures are not here: each model family keeps its own config dataclass on top of its file
 (`plinth/models/gpt.py`), and a verb's `arch` mapping overrides that class's fields.
 """
@@ -272,6 +273,27 @@ class SystemConfig:
                               "its time limit), so the 10-40 s of compiling pays for itself",
                       choices=("auto", "on", "off"))
     seed: int = _f(1337, "seed for weights, data order and dropout", min=0)
+    activation_checkpointing: bool = _f(False, "recompute each transformer block's activations in the backward pass "
+                                               "instead of storing them: less memory, ~30% more compute")
+
+
+@dataclass
+class DistributedConfig:
+    """Training on several processes through torchrun (one per GPU, or per group of CPU cores; one node or many).
+
+    `optim.batch_size` is the micro-batch of the whole run: each of the W processes takes an equal part of every
+    batch, so the same config gives the same loss curve on any number of processes (and resumes across them).
+    """
+
+    nproc: int = _f(1, "processes to start on this machine (Plinth runs torchrun for you); ignored when already "
+                       "started by torchrun, whose --nnodes/--nproc-per-node then count", min=1)
+    strategy: str = _f("ddp", "how processes share the model: ddp (each holds a replica, gradients are all-reduced) "
+                              "or fsdp (FSDP2: parameters, gradients and optimizer state are sharded)",
+                       choices=("ddp", "fsdp"))
+    backend: str = _f("auto", "collective backend: auto (nccl on GPU, gloo on CPU), gloo or nccl",
+                      choices=("auto", "gloo", "nccl"))
+    timeout_minutes: float = _f(10.0, "how long a process waits for the others in one collective before failing",
+                                gt=0.0)
 
 
 @dataclass
@@ -350,6 +372,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
+    dist: DistributedConfig = field(default_factory=DistributedConfig, metadata={"flat": True})
 
 
 @dataclass

@@ -41,9 +41,12 @@ def quickstart(cfg: QuickstartConfig) -> int:
 
 def pretrain(cfg: PretrainConfig) -> int:
     """Pretrain a decoder-only transformer on token shards (resumes from the run folder's latest checkpoint)."""
+    from plinth.training.distributed import launched_by_plinth
     from plinth.training.lm import pretrain as run
 
     summary = run(cfg)
+    if launched_by_plinth():  # with --nproc N the launching process prints the summary and sets the exit code
+        return 0
     print_json(summary)
     return _exit_code(summary)
 
