@@ -27,6 +27,8 @@ _LAZY = {
     "LanguageModel": ("plinth.pipelines.text", "LanguageModel"),
     "Tokenizer": ("plinth.data.tokenizer", "Tokenizer"),
     "PlinthError": ("plinth.config", "PlinthError"),
+    "scale_sweep": ("plinth.training.scale", "sweep"),
+    "scale_predict": ("plinth.training.scale", "check_prediction"),
 }
 
 __all__ = sorted([*_LAZY, "evaluate", "config"])
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     from plinth.pipelines.text import LanguageModel  # noqa: F401
     from plinth.training.lm import pretrain  # noqa: F401
     from plinth.training.quickstart import quickstart  # noqa: F401
+    from plinth.training.scale import check_prediction as scale_predict  # noqa: F401
+    from plinth.training.scale import sweep as scale_sweep  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

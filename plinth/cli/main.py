@@ -17,6 +17,8 @@ from plinth.config import (
     PrepareConfig,
     PretrainConfig,
     QuickstartConfig,
+    ScalePredictConfig,
+    ScaleSweepConfig,
     TokenizeConfig,
     TokenizerConfig,
 )
@@ -56,6 +58,10 @@ VERBS: dict[tuple[str, ...], Verb] = {
     ("tokenizer", "train"): Verb("plinth.cli.verbs:tokenizer_train", TokenizerConfig,
                                  "train a byte-level BPE or character tokenizer"),
     ("models", "ls"): Verb("plinth.cli.verbs:models_ls", NoArgs, "list model families and size presets"),
+    ("scale", "sweep"): Verb("plinth.cli.verbs:scale_sweep", ScaleSweepConfig,
+                             "train sizes x token budgets, fit scaling laws, probe for emergent abilities"),
+    ("scale", "predict"): Verb("plinth.cli.verbs:scale_predict", ScalePredictConfig,
+                               "check a sweep's predicted loss against a model trained afterwards"),
 }
 
 

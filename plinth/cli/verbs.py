@@ -15,6 +15,8 @@ from plinth.config import (
     PrepareConfig,
     PretrainConfig,
     QuickstartConfig,
+    ScalePredictConfig,
+    ScaleSweepConfig,
     TokenizeConfig,
     TokenizerConfig,
 )
@@ -135,4 +137,33 @@ def models_ls(_: Any) -> int:
         table.add_row(r["family"], r["name"], str(r["n_layer"]), str(r["n_head"]), str(r["n_kv_head"]),
                       str(r["d_model"]), str(r["seq_len"]), human_count(r["params"]), human_count(r["flops_per_token"]))
     Console().print(table)
+    return 0
+
+
+def scale_sweep(cfg: ScaleSweepConfig) -> int:
+    """Train a grid of sizes x token budgets, fit L(N) and L(N, D), predict, probe; print the fitted exponents."""
+    from plinth.training.scale import sweep
+
+    result = sweep(cfg)
+    fit_n, fit_nd, p = result["fit_L_N"], result["fit_L_ND"], result["prediction"]
+    print(f"L(N):    alpha = {fit_n['alpha']:.3f} (95% CI {fit_n['ci95'].get('alpha', ['?', '?'])})")
+    if fit_nd:
+        print(f"L(N, D): alpha = {fit_nd['alpha']:.3f}, beta = {fit_nd['beta']:.3f}")
+    print(f"predicted loss of {p['size']} on {p['tokens']} tokens: {p['loss']:.4f} "
+          f"(95% CI {p['ci95'][0]:.4f} - {p['ci95'][1]:.4f})")
+    for name, e in result["emergence"].items():
+        print(f"{name}: {e['reading']}")
+    print(f"report: {cfg.out}/report.md")
+    return 0
+
+
+def scale_predict(cfg: ScalePredictConfig) -> int:
+    """Compare a sweep's prediction with a run trained afterwards; print the error."""
+    from plinth.training.scale import check_prediction
+
+    check = check_prediction(cfg)
+    print(f"{check['size']} (N = {check['N']}) on {check['tokens']} tokens: predicted {check['predicted']:.4f} "
+          f"(95% CI {check['ci95'][0]:.4f} - {check['ci95'][1]:.4f}), measured {check['measured']:.4f}; error "
+          f"{check['error']:+.4f} nats ({check['relative_error']:+.1%}), "
+          f"{'inside' if check['inside_ci95'] else 'outside'} the interval")
     return 0
