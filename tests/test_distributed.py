@@ -7,6 +7,7 @@ the same step with a checkpoint.
 """
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -121,14 +122,38 @@ def _truncate_to(run: Path, copy: Path, step: int) -> Path:
     return copy
 
 
-@pytest.mark.parametrize(("source", "nproc", "strategy"), [("fsdp", 1, "ddp"), ("ddp", 1, "ddp"),
-                                                           ("one", 2, "ddp"), ("one", 2, "fsdp")])
-def test_resume_on_a_different_number_of_processes(runs, tiny_data, tmp_path, source, nproc, strategy):
+# Default suite: 2 -> 1 from FSDP2 shards and 1 -> 2 into FSDP2; the DDP directions are opt-in (`-m slow`) to keep
+# the suite's budget (each case starts 2-3 Python processes).
+@pytest.mark.parametrize(("source", "nproc", "strategy", "extra"), [
+    ("fsdp", 1, "ddp", []), pytest.param("ddp", 1, "ddp", [], marks=pytest.mark.slow),
+    pytest.param("one", 2, "ddp", [], marks=pytest.mark.slow),
+    ("one", 2, "fsdp", ["--system.activation_checkpointing"]),  # recomputation changes no number
+])
+def test_resume_on_a_different_number_of_processes(runs, tiny_data, tmp_path, source, nproc, strategy, extra):
     run = _truncate_to(runs[source], tmp_path / "run", 4)
-    proc = _ok(_plinth([*_args(tiny_data, run), "--nproc", str(nproc), "--strategy", strategy]))
+    proc = _ok(_plinth([*_args(tiny_data, run), "--nproc", str(nproc), "--strategy", strategy, *extra]))
     assert "resuming from" in proc.stdout and "(step 4)" in proc.stdout
     assert _close(_losses(run), _losses(runs["one"])), (_losses(run), _losses(runs["one"]))
     assert json.loads((run / "summary.json").read_text())["world_size"] == nproc
+
+
+def test_activation_checkpointing_changes_no_number(runs, tiny_data, tmp_path):
+    from plinth.training.lm import pretrain
+    from tests.test_training import tiny_config
+
+    cfg = tiny_config(tiny_data, tmp_path / "ac", max_steps=STEPS, eval_every=4, ckpt_every=0)
+    cfg.system.activation_checkpointing = True
+    pretrain(cfg)
+    assert _losses(tmp_path / "ac") == pytest.approx(_losses(runs["one"]), abs=1e-6)
+
+
+@pytest.mark.slow  # the default suite runs FSDP2 in bf16 in the SIGTERM test below
+def test_fsdp_mixed_precision_stays_near_the_fp32_curve(runs, tiny_data, tmp_path):
+    run = tmp_path / "bf16"
+    _ok(_plinth([*_args(tiny_data, run, **{"system.precision": "bf16"}), "--nproc", "2", "--strategy", "fsdp"]))
+    bf16, fp32 = _losses(run), _losses(runs["one"])
+    assert len(bf16) == STEPS and max(abs(a - b) for a, b in zip(bf16, fp32)) < 0.05, (bf16, fp32)
+    assert json.loads((run / "summary.json").read_text())["precision"] == "bf16"
 
 
 def test_batch_must_split_evenly_over_processes(tiny_data, tmp_path):
@@ -208,7 +233,8 @@ def test_sigkill_one_rank_then_rerun_resumes_from_the_last_checkpoint(tiny_data,
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
 def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(tiny_data, tmp_path):
     run = tmp_path / "run"
-    launcher = _start([*_args(tiny_data, run, steps=2000, **{"run.ckpt_every": 1000, "run.eval_every": 0}),
+    launcher = _start([*_args(tiny_data, run, steps=2000, **{"run.ckpt_every": 1000, "run.eval_every": 0,
+                                                             "system.precision": "bf16"}),
                        "--nproc", "2", "--strategy", "fsdp"])
     _wait_for_step(run, 5, launcher)
     os.kill(_workers(launcher)[1], signal.SIGTERM)
@@ -220,3 +246,4 @@ def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(tiny_data, tmp_pa
     last = latest_verified_checkpoint(run)
     assert int(last.name.split("_")[1]) == summary["steps"] < 1000  # saved at the step every rank stopped at
     assert json.loads((last / "run.json").read_text())["world_size"] == 2
+    assert summary["precision"] == "bf16" and all(map(math.isfinite, _losses(run)))  # FSDP2 mixed precision
