@@ -1,5 +1,7 @@
 """Every command the README shows runs (with a tiny budget where the real one takes minutes)."""
 
+import importlib.util
+import json
 import os
 import re
 import shlex
@@ -12,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
 BIN = Path(sys.executable).parent
+HAS_SCIPY = importlib.util.find_spec("scipy") is not None
 
 # Budget cuts, appended per verb: the README's commands are real-sized; the test keeps their shape and shrinks them.
 TINY = {
@@ -23,6 +26,10 @@ TINY = {
                  "--no-run.progress", "--run.eval_batches", "2"],
     "evaluate": ["--max_tokens", "2000"],
     "generate": ["--max_new_tokens", "5"],
+    "scale sweep": ["--shards", "data/shards", "--tokenizer", "data/tokenizer.json", "--sizes", "1x16", "1x32", "2x32",
+                    "2x48", "--tokens", "512", "1024", "2048", "--seq_len", "32", "--batch_size", "4",
+                    "--eval_batches", "2", "--probe_items", "4", "--bootstrap", "5", "--no-progress"],
+    "scale predict": ["--no-progress"],
 }
 
 
@@ -66,12 +73,16 @@ def test_readme_plinth_commands_run_in_order(tmp_path):
         if argv[0] in (".", "source") or argv[0].startswith("scripts/"):
             continue  # activation, and the set-up scripts (tested below)
         assert argv[0] == "plinth", f"README command not covered by this test: {cmd}"
-        verb = " ".join(argv[1:3]) if argv[1] in ("data", "tokenizer", "models") else argv[1]
+        verb = " ".join(argv[1:3]) if argv[1] in ("data", "tokenizer", "models", "scale") else argv[1]
+        if verb.startswith("scale") and not HAS_SCIPY:
+            continue  # the `scale` extra is not installed (scripts/setup.sh installs it)
         _run([str(BIN / "plinth"), *argv[1:], *TINY.get(verb, [])], tmp_path)
         ran.append(verb)
     assert {"data prepare", "tokenizer train", "data tokenize", "pretrain", "evaluate", "generate",
-            "data builtin"} <= set(ran)
+            "data builtin", *(["scale sweep", "scale predict"] if HAS_SCIPY else [])} <= set(ran)
     assert (tmp_path / "runs" / "pretrain" / "summary.json").is_file()
+    assert json.loads((tmp_path / "runs" / "pretrain-2p" / "summary.json").read_text())["world_size"] == 2
+    assert not HAS_SCIPY or list((tmp_path / "runs" / "scale").glob("heldout_*.json"))
 
 
 def test_readme_python_example_runs(tmp_path):

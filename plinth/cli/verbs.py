@@ -146,9 +146,13 @@ def scale_sweep(cfg: ScaleSweepConfig) -> int:
 
     result = sweep(cfg)
     fit_n, fit_nd, p = result["fit_L_N"], result["fit_L_ND"], result["prediction"]
-    print(f"L(N):    alpha = {fit_n['alpha']:.3f} (95% CI {fit_n['ci95'].get('alpha', ['?', '?'])})")
+    def ci(fit: dict, key: str) -> str:
+        lo, hi = fit["ci95"].get(key, (float("nan"), float("nan")))
+        return f"{fit[key]:.3f} (95% CI {lo:.3f} - {hi:.3f})"
+
+    print(f"L(N):    alpha = {ci(fit_n, 'alpha')}")
     if fit_nd:
-        print(f"L(N, D): alpha = {fit_nd['alpha']:.3f}, beta = {fit_nd['beta']:.3f}")
+        print(f"L(N, D): alpha = {ci(fit_nd, 'alpha')}, beta = {ci(fit_nd, 'beta')}")
     print(f"predicted loss of {p['size']} on {p['tokens']} tokens: {p['loss']:.4f} "
           f"(95% CI {p['ci95'][0]:.4f} - {p['ci95'][1]:.4f})")
     for name, e in result["emergence"].items():
