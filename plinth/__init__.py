@@ -35,6 +35,8 @@ _LAZY = {
     "train_captioner": ("plinth.training.caption", "train_captioner"),
     "quickstart_clip": ("plinth.training.quickstart_clip", "quickstart_clip"),
     "ZeroShotClassifier": ("plinth.multimodal.zeroshot", "ZeroShotClassifier"),
+    "scale_sweep": ("plinth.training.scale", "sweep"),
+    "scale_predict": ("plinth.training.scale", "check_prediction"),
 }
 
 __all__ = sorted([*_LAZY, "evaluate", "config"])
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
     from plinth.pipelines.text import LanguageModel  # noqa: F401
     from plinth.training.lm import pretrain  # noqa: F401
     from plinth.training.quickstart import quickstart  # noqa: F401
+    from plinth.training.scale import check_prediction as scale_predict  # noqa: F401
+    from plinth.training.scale import sweep as scale_sweep  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

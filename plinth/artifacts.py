@@ -13,6 +13,10 @@ A run folder:
         trainer_state.pt                  optimizer and RNG states: tensors only, loaded with weights_only=True
         run.json                          step, tokens, data position, the run's config
         manifest.json                     sha256 + size of every file; written last, so it marks completion
+      a checkpoint of a multi-process run has, instead of trainer_state.pt:
+        .metadata, __R_0.distcp           model and optimizer sharded by torch.distributed.checkpoint (any number of
+                                          processes, one included, can resume from them)
+        rng.pt                            every rank's RNG states (tensors and plain values)
     .lock            held (an OS file lock) by the process running in the folder
 
 A model folder (written by `plinth import`, or any checkpoint): model.safetensors, config.json, tokenizer.json, and for
@@ -45,6 +49,8 @@ CHAT_TEMPLATE = "chat_template.jinja"  # a language model's chat template (impor
 TRAINER_STATE = "trainer_state.pt"
 RUN_STATE = "run.json"
 RUN_CONFIG = "config.yaml"
+SHARDED_METADATA = ".metadata"  # torch.distributed.checkpoint's index of a sharded checkpoint
+RNG_STATE = "rng.pt"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 LOCK = ".lock"
@@ -221,9 +227,19 @@ def write_checkpoint(run_dir: str | os.PathLike, step: int, fill: Callable[[Path
         if "writ" not in str(e).lower():
             raise
         raise _write_error(final, e) from None
+    rotate_checkpoints(run_dir, keep)
+    return final
+
+
+def rotate_checkpoints(run_dir: str | os.PathLike, keep: int = 2) -> None:
+    """Delete all but the newest `keep` (at least 2) completed checkpoints of a run."""
     for old in list_checkpoints(run_dir)[: -max(keep, 2)]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def checkpoint_write_error(final: Path, e: BaseException) -> PlinthError:
+    """The one-line error for a checkpoint that could not be written (disk full, permissions), naming what is kept."""
+    return _write_error(final, e)
 
 
 def _write_error(final: Path, e: BaseException) -> PlinthError:

@@ -6,7 +6,8 @@ verb calls it again, so the Python API gets the same one-line errors). A YAML fi
 shape as these dataclasses; `--section.field value` overrides any field.
 
 Sections shared by several verbs: `OptimConfig` (the optimiser and its batch), `RunConfig` (run control: length,
-cadence, resume, logging), `SystemConfig` (device, precision, compile, seed) and `SamplingConfig` (decoding).
+cadence, resume, logging), `SystemConfig` (device, precision, compile, seed, activation checkpointing),
+`DistributedConfig` (processes, DDP or FSDP2, backend) and `SamplingConfig` (decoding).
 Model architectures are not here: each model family keeps its own config dataclass on top of its file
 (`plinth/models/gpt.py`), and a verb's `arch` mapping overrides that class's fields.
 """
@@ -273,6 +274,27 @@ class SystemConfig:
                               "steps and compile if at least 2 minutes of training are left, so the 10-40 s of "
                               "compiling pays for itself", choices=("auto", "on", "off"))
     seed: int = _f(1337, "seed for weights, data order and dropout", min=0)
+    activation_checkpointing: bool = _f(False, "recompute each transformer block's activations in the backward pass "
+                                               "instead of storing them: less memory, ~30% more compute")
+
+
+@dataclass
+class DistributedConfig:
+    """Training on several processes through torchrun (one per GPU, or per group of CPU cores; one node or many).
+
+    `optim.batch_size` is the micro-batch of the whole run: each of the W processes takes an equal part of every
+    batch, so the same config gives the same loss curve on any number of processes (and resumes across them).
+    """
+
+    nproc: int = _f(1, "processes to start on this machine (Plinth runs torchrun for you); ignored when already "
+                       "started by torchrun, whose --nnodes/--nproc-per-node then count", min=1)
+    strategy: str = _f("ddp", "how processes share the model: ddp (each holds a replica, gradients are all-reduced) "
+                              "or fsdp (FSDP2: parameters, gradients and optimizer state are sharded)",
+                       choices=("ddp", "fsdp"))
+    backend: str = _f("auto", "collective backend: auto (nccl on GPU, gloo on CPU), gloo or nccl",
+                      choices=("auto", "gloo", "nccl"))
+    timeout_minutes: float = _f(10.0, "how long a process waits for the others in one collective before failing",
+                                gt=0.0)
 
 
 @dataclass
@@ -353,6 +375,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
+    dist: DistributedConfig = field(default_factory=DistributedConfig, metadata={"flat": True})
 
 
 @dataclass
@@ -472,6 +495,48 @@ class QuickstartConfig:
     precision: str = _f("auto", "auto, fp32 or bf16", choices=("auto", "fp32", "bf16"))
     progress: bool = _f(True, "show progress")
     seed: int = _f(1337, "seed", min=0)
+
+
+@dataclass
+class ScaleSweepConfig:
+    """Arguments of `plinth scale sweep`: train a grid of model sizes x token budgets, probe each model, fit scaling
+    laws and plot them."""
+
+    out: str = _f("runs/scale", "sweep folder: points/ (one training run per point), sweep.json, report.md, plots")
+    corpus: str = _f("sotu", "built-in corpus prepared into OUT/data when --shards is not given")
+    shards: str = _f("", "token shards to train on (`plinth data tokenize`); empty = prepare --corpus")
+    tokenizer: str = _f("", "tokenizer.json the shards were written with (with --shards)")
+    vocab_size: int = _f(2048, "BPE vocabulary when preparing --corpus", min=258)
+    sizes: list[str] = _f(["2x32", "2x48", "2x64", "3x96", "4x128"], "model sizes as LAYERSxWIDTH (heads 16-32 "
+                                                                       "wide); at least 4")
+    tokens: list[int] = _f([250_000, 500_000, 1_000_000], "training tokens per run: every size trains once per "
+                                                          "budget (3 or more budgets fit L(N, D))")
+    predict: str = _f("", "size whose loss to predict, LAYERSxWIDTH (default: one step past the largest)")
+    budget_flops: float = _f(0.0, "compute budget for the compute-optimal N and D (0 = 100x the sweep's largest "
+                                  "run)", min=0.0)
+    seq_len: int = _f(128, "context length of every model", min=8)
+    batch_size: int = _f(16, "sequences per step", min=1)
+    lr: float = _f(3e-3, "peak learning rate (warmup 5% of steps, cosine to 10%)", gt=0.0)
+    eval_batches: int = _f(40, "validation batches scored at the end of every run (the same windows for all)", min=1)
+    probe_items: int = _f(96, "items per built-in probe (copy, brackets, arithmetic); 0 = no probes", min=0)
+    bootstrap: int = _f(300, "bootstrap resamples for the confidence intervals", min=0)
+    seed: int = _f(1337, "seed for every run and the probes", min=0)
+    nproc: int = _f(1, "processes per training run (torchrun; see `plinth pretrain --nproc`)", min=1)
+    device: str = _f("auto", DEVICE_HELP)
+    precision: str = _f("fp32", "auto, fp32 or bf16 (fp32 by default: the same numbers on every CPU)",
+                        choices=("auto", "fp32", "bf16"))
+    progress: bool = _f(True, "show progress")
+
+
+@dataclass
+class ScalePredictConfig:
+    """Arguments of `plinth scale predict`: check a sweep's prediction against a model trained afterwards."""
+
+    sweep: str = _f("runs/scale", "sweep folder written by `plinth scale sweep`", positional=True)
+    size: str = _f("", "size to train and check, LAYERSxWIDTH (default: the sweep's predicted size)")
+    tokens: int = _f(0, "its training tokens (0 = the sweep's largest budget)", min=0)
+    run: str = _f("", "check this finished run instead of training one (its config gives N and D)")
+    progress: bool = _f(True, "show progress")
 
 
 def field_names(cls) -> list[str]:

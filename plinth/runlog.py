@@ -113,6 +113,37 @@ def measured_peak_flops(device: torch.device, precision: str = "fp32", size: int
     return _PEAK_CACHE[key]
 
 
+# Declared dense (no sparsity) peaks from the vendors' datasheets, FLOP/s: (bf16 tensor cores, fp32 without TF32,
+# which is what PyTorch uses for fp32 matmuls by default). Matched in order against torch.cuda.get_device_name().
+GPU_PEAKS: tuple[tuple[str, float, float], ...] = (
+    ("H200", 989e12, 67e12),
+    ("H100 PCIe", 756e12, 51e12),
+    ("H100 NVL", 835e12, 60e12),
+    ("H100", 989e12, 67e12),  # SXM
+    ("A100", 312e12, 19.5e12),
+    ("L40S", 362e12, 91.6e12),
+    ("L4", 121e12, 30.3e12),
+    ("A10", 125e12, 31.2e12),
+    ("RTX 4090", 165.2e12, 82.6e12),  # bf16 with fp32 accumulation
+    ("RTX 3090", 71e12, 35.6e12),
+)
+
+
+def device_peak_flops(device: torch.device, precision: str = "fp32") -> tuple[float, str]:
+    """The FLOP/s MFU is measured against on `device`, and where the figure comes from.
+
+    A GPU listed in `GPU_PEAKS` gets its datasheet peak at `precision` ("declared"); any other device, CPUs
+    included, gets `measured_peak_flops` ("measured": the best rate of a square GEMM on this process's threads).
+    """
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, bf16, fp32 in GPU_PEAKS:
+            if key in name:
+                return (bf16 if precision == "bf16" else fp32), f"declared: {name} {precision} datasheet peak"
+    peak = measured_peak_flops(device, precision)
+    return peak, f"measured: {precision} {1024}^3 GEMM on {device} ({torch.get_num_threads()} threads)"
+
+
 def plot_loss_curve(rows: list[dict], path: str | os.PathLike, title: str = "loss") -> Path:
     """Save a PNG of train (and validation, when present) loss against tokens seen."""
     import matplotlib

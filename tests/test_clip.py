@@ -169,7 +169,7 @@ def test_contrastive_run_killed_and_resumed_matches_uninterrupted(shapes_set, tm
 
     steps = 24
     ref = _clip_cli(shapes_set, tmp_path / "ref", steps)
-    assert ref.wait(300) == 0, ref.stderr.read().decode()[-2000:]
+    assert ref.wait(600) == 0, ref.stderr.read().decode()[-2000:]
     rng = random.Random(7)
     kills = 0
     for target in sorted(rng.sample(range(4, steps - 4), 2)):
@@ -178,10 +178,10 @@ def test_contrastive_run_killed_and_resumed_matches_uninterrupted(shapes_set, tm
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
-        proc.wait(60)
+        proc.wait(600)
     assert kills >= 1, "the run finished before it could be killed"
     final = _clip_cli(shapes_set, tmp_path / "killed", steps)
-    assert final.wait(300) == 0, final.stderr.read().decode()[-2000:]
+    assert final.wait(600) == 0, final.stderr.read().decode()[-2000:]
     assert _losses(tmp_path / "killed") == _losses(tmp_path / "ref")
     a = load_file(resolve_checkpoint(tmp_path / "ref") / "model.safetensors")
     b = load_file(resolve_checkpoint(tmp_path / "killed") / "model.safetensors")

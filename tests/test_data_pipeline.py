@@ -165,7 +165,7 @@ def test_kill_and_rerun_is_byte_identical(tmp_path, reference_run, small_crawl, 
     proc.wait()
     assert 1 <= _markers(out, final) < 6, f"the kill came too late ({_markers(out, final)} of 6 inputs finished)"
     assert not (out / "data_report.json").exists()
-    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert snapshot(out) == snapshot(reference_run)
     assert not [p for p in out.rglob("*.tmp")], "a temporary file was left behind"

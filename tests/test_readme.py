@@ -14,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
 BIN = Path(sys.executable).parent
+HAS_SCIPY = importlib.util.find_spec("scipy") is not None
 
 # Budget cuts, appended per verb: the README's commands are real-sized; the test keeps their shape and shrinks them.
 TINY = {
@@ -42,11 +43,17 @@ TINY = {
                         "--no-progress"],
     "benchmarks/synthetic_crawl.py": ["--mb", "1", "--files", "2"],
     "data pipeline": ["--no-progress"],
+    "scale sweep": ["--shards", "data/shards", "--tokenizer", "data/tokenizer.json", "--sizes", "1x16", "1x32", "2x32",
+                    "2x48", "--tokens", "512", "1024", "2048", "--seq_len", "32", "--batch_size", "4",
+                    "--eval_batches", "2", "--probe_items", "4", "--bootstrap", "5", "--no-progress"],
+    "scale predict": ["--no-progress"],
 }
-GROUPS = ("data", "tokenizer", "models", "eval", "images", "clip", "classifier", "captioner")
-# Commands that need an optional extra (vision: scikit-learn for probes, sacrebleu for BLEU; eval: lm-eval), skipped
+GROUPS = ("data", "tokenizer", "models", "eval", "images", "clip", "classifier", "captioner", "scale")
+# Commands that need an optional extra (vision: scikit-learn for probes, sacrebleu for BLEU; eval: lm-eval; scale:
+# scipy), skipped
 # without it (CI installs every extra).
-NEEDS_EXTRA = {"clip probe": "sklearn", "caption": "sacrebleu", "plinth-lm-eval": "lm_eval"}
+NEEDS_EXTRA = {"clip probe": "sklearn", "caption": "sacrebleu", "plinth-lm-eval": "lm_eval", "scale sweep": "scipy",
+               "scale predict": "scipy"}
 BUILTIN = "builtin:smollm2-135m-instruct"
 CHAT_INPUT = "What is the capital of France?\n/system Answer briefly.\nAnd of Italy?\n/save chat.json\n/quit\n"
 # Commands of the web-data example: they need the `web` extra (scripts/setup.sh installs it; skipped without it).
@@ -152,6 +159,8 @@ def test_readme_plinth_commands_run_in_order(tmp_path):
     assert (tmp_path / "runs" / "pretrain" / "summary.json").is_file()
     assert (tmp_path / "exported" / "smollm2-hf" / "config.json").is_file()
     assert (tmp_path / "runs" / "eval" / "piqa.5shot.json").is_file()
+    assert json.loads((tmp_path / "runs" / "pretrain-2p" / "summary.json").read_text())["world_size"] == 2
+    assert not HAS_SCIPY or list((tmp_path / "runs" / "scale").glob("heldout_*.json"))
     if _web_available():
         assert {"benchmarks/synthetic_crawl.py", "data pipeline"} <= set(ran)
         report = json.loads((tmp_path / "runs" / "data" / "data_report.json").read_text())
@@ -184,7 +193,7 @@ def test_readme_python_example_runs(tmp_path):
               .replace("vocab_size=4096", "vocab_size=300"))
     assert shrunk != code
     proc = subprocess.run([sys.executable, "-c", shrunk], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                          timeout=300)
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "'bpb'" in proc.stdout
 
@@ -196,7 +205,7 @@ def test_readme_real_model_python_example_runs(tmp_path):
                                                                                     "temperature=0, max_new_tokens=4)")
     assert shrunk != code
     proc = subprocess.run([sys.executable, "-c", shrunk], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                          timeout=300)
+                          timeout=600)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 

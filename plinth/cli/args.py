@@ -199,7 +199,7 @@ def help_text(cls, prog: str, summary: str) -> str:
             if "schema" in f.metadata:
                 lines.extend(_schema_lines(f.metadata["schema"], f"{prefix}{f.name}."))
                 continue
-            default = " ".join(value) if isinstance(value, list) else value
+            default = " ".join(map(str, value)) if isinstance(value, list) else value
             bounds = ", ".join(f"{sign} {f.metadata[k]:g}" for k, sign in (("min", ">="), ("gt", ">"), ("max", "<="),
                                                                              ("lt", "<")) if k in f.metadata)
             lines.append(f"  --{prefix}{f.name} ({type_name(hints[f.name])}, default {default!r}"

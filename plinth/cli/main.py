@@ -33,6 +33,8 @@ from plinth.config import (
     PrepareConfig,
     PretrainConfig,
     QuickstartConfig,
+    ScalePredictConfig,
+    ScaleSweepConfig,
     TokenizeConfig,
     TokenizerConfig,
     VqaConfig,
@@ -121,6 +123,10 @@ VERBS: dict[tuple[str, ...], Verb] = {
                        "caption images, or score captions on a prepared set (BLEU-4, CIDEr-D)"),
     ("vqa",): Verb("plinth.cli.vision_verbs:vqa", VqaConfig,
                    "answer questions about images, or score answers on a prepared set"),
+    ("scale", "sweep"): Verb("plinth.cli.verbs:scale_sweep", ScaleSweepConfig,
+                             "train sizes x token budgets, fit scaling laws, probe for emergent abilities"),
+    ("scale", "predict"): Verb("plinth.cli.verbs:scale_predict", ScalePredictConfig,
+                               "check a sweep's predicted loss against a model trained afterwards"),
 }
 
 
@@ -157,6 +163,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
+def _torchrun_rank() -> int:
+    """This process's rank when torchrun started it, else 0."""
+    try:
+        return int(os.environ.get("RANK", "0")) if "MASTER_ADDR" in os.environ else 0
+    except ValueError:
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `plinth` console script and `python -m plinth`."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -176,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str]) -> int:
+    rank = _torchrun_rank()
+    if rank:  # a process torchrun started, other than rank 0: rank 0 prints results and warnings, once
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+        warnings.simplefilter("ignore", PlinthWarning)
     try:
         words, rest = _find_verb(argv)
         verb = VERBS[words]
@@ -186,7 +204,7 @@ def _run(argv: list[str]) -> int:
         cfg = parse(verb.config, rest, prog=prog)
         return _target(verb)(cfg)
     except PlinthError as e:
-        print(f"plinth: error: {e}", file=sys.stderr)
+        print(f"plinth: error: {f'[rank {rank}] ' if rank else ''}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("plinth: interrupted", file=sys.stderr)

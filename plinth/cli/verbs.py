@@ -22,6 +22,8 @@ from plinth.config import (
     PrepareConfig,
     PretrainConfig,
     QuickstartConfig,
+    ScalePredictConfig,
+    ScaleSweepConfig,
     TokenizeConfig,
     TokenizerConfig,
 )
@@ -48,9 +50,12 @@ def quickstart(cfg: QuickstartConfig) -> int:
 
 def pretrain(cfg: PretrainConfig) -> int:
     """Pretrain a decoder-only transformer on token shards (resumes from the run folder's latest checkpoint)."""
+    from plinth.training.distributed import launched_by_plinth
     from plinth.training.lm import pretrain as run
 
     summary = run(cfg)
+    if launched_by_plinth():  # with --nproc N the launching process prints the summary and sets the exit code
+        return 0
     print_json(summary)
     return _exit_code(summary)
 
@@ -341,3 +346,36 @@ def data_mix(cfg: DataPipelineConfig) -> int:
 def data_report(cfg: DataPipelineConfig) -> int:
     """Stage 5: the data report."""
     return _data_stages(cfg, ("report",))
+
+
+def scale_sweep(cfg: ScaleSweepConfig) -> int:
+    """Train a grid of sizes x token budgets, fit L(N) and L(N, D), predict, probe; print the fitted exponents."""
+    from plinth.training.scale import sweep
+
+    result = sweep(cfg)
+    fit_n, fit_nd, p = result["fit_L_N"], result["fit_L_ND"], result["prediction"]
+    def ci(fit: dict, key: str) -> str:
+        lo, hi = fit["ci95"].get(key, (float("nan"), float("nan")))
+        return f"{fit[key]:.3f} (95% CI {lo:.3f} - {hi:.3f})"
+
+    print(f"L(N):    alpha = {ci(fit_n, 'alpha')}")
+    if fit_nd:
+        print(f"L(N, D): alpha = {ci(fit_nd, 'alpha')}, beta = {ci(fit_nd, 'beta')}")
+    print(f"predicted loss of {p['size']} on {p['tokens']} tokens: {p['loss']:.4f} "
+          f"(95% CI {p['ci95'][0]:.4f} - {p['ci95'][1]:.4f})")
+    for name, e in result["emergence"].items():
+        print(f"{name}: {e['reading']}")
+    print(f"report: {cfg.out}/report.md")
+    return 0
+
+
+def scale_predict(cfg: ScalePredictConfig) -> int:
+    """Compare a sweep's prediction with a run trained afterwards; print the error."""
+    from plinth.training.scale import check_prediction
+
+    check = check_prediction(cfg)
+    print(f"{check['size']} (N = {check['N']}) on {check['tokens']} tokens: predicted {check['predicted']:.4f} "
+          f"(95% CI {check['ci95'][0]:.4f} - {check['ci95'][1]:.4f}), measured {check['measured']:.4f}; error "
+          f"{check['error']:+.4f} nats ({check['relative_error']:+.1%}), "
+          f"{'inside' if check['inside_ci95'] else 'outside'} the interval")
+    return 0

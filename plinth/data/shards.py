@@ -268,7 +268,12 @@ def _batch(shards: TokenShards, starts: np.ndarray, seq_len: int) -> tuple[torch
 
 
 class WindowSampler:
-    """Reproducible random training windows: batch i depends only on (seed, i), so resuming is setting i."""
+    """Reproducible random training windows: batch i depends only on (seed, i), so resuming is setting i.
+
+    Under several processes, `shard(rank, world_size)` makes each take rows [rank * b, (rank + 1) * b) of the same
+    global batch (b = batch_size / world_size): disjoint parts that together are exactly the one-process batch, so
+    the position (i) means the same on any number of processes.
+    """
 
     def __init__(self, shards: TokenShards, seq_len: int, batch_size: int, seed: int = 0):
         _require_tokens(shards, seq_len)
@@ -276,13 +281,22 @@ class WindowSampler:
             raise PlinthError(f"batch_size must be positive and seed >= 0 (got {batch_size}, {seed})")
         self.shards, self.seq_len, self.batch_size, self.seed = shards, seq_len, batch_size, seed
         self.batch_index = 0
+        self.rank, self.world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Yield only this rank's equal part of every global batch; PlinthError if the batch does not divide."""
+        if self.batch_size % world_size or not 0 <= rank < world_size:
+            raise PlinthError(f"optim.batch_size ({self.batch_size}) must be a multiple of the number of processes "
+                              f"({world_size}): each process takes an equal part of every batch")
+        self.rank, self.world_size = rank, world_size
 
     def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch number `i` as (x, y) int64 tensors of shape (batch_size, seq_len)."""
+        """This rank's part of batch number `i`: (x, y) int64 tensors of shape (batch_size / world_size, seq_len)."""
         rng = np.random.default_rng([self.seed, i])
         # high is exclusive: the last start is total - seq_len - 1, so the window's y still has a next token.
         starts = rng.integers(0, self.shards.total_tokens - self.seq_len, size=self.batch_size)
-        return _batch(self.shards, starts, self.seq_len)
+        part = self.batch_size // self.world_size
+        return _batch(self.shards, starts[self.rank * part:(self.rank + 1) * part], self.seq_len)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next batch; advances the position by one."""

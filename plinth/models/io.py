@@ -55,11 +55,19 @@ def weights_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_model(model: nn.Module, directory: str | os.PathLike) -> None:
     """Write `model.safetensors` and `config.json` into `directory`, each atomically (the config last)."""
     model = _unwrap(model)
+    save_weights(weights_to_save(model), model.config, directory)
+
+
+def save_weights(tensors: dict[str, torch.Tensor], config: Any, directory: str | os.PathLike) -> None:
+    """Write `tensors` (a state dict without tied aliases) as `model.safetensors` and `config` as `config.json`.
+
+    For weights gathered from a sharded model (FSDP) as well as a live one; each file atomically, the config last.
+    """
     directory = Path(directory)
-    data = safetensors.torch.save(weights_to_save(model), metadata={"format": "pt"})
+    data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
     atomic_write_bytes(directory / MODEL_WEIGHTS, data)
     # The config goes last, so a folder with a config always has its weights beside it.
-    atomic_write_json(directory / MODEL_CONFIG, {**config_to_dict(model.config), "format_version": FORMAT_VERSION})
+    atomic_write_json(directory / MODEL_CONFIG, {**config_to_dict(config), "format_version": FORMAT_VERSION})
 
 
 def read_model_config(directory: str | os.PathLike):
@@ -125,6 +133,13 @@ def load_model(directory: str | os.PathLike, device: torch.device | str = "cpu",
 def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
     """Load the weights saved in `directory` into `model` in place, after checking its config matches the model's."""
     directory = Path(directory)
+    check_same_config(model, directory)
+    load_state(model, read_safetensors(directory / MODEL_WEIGHTS), str(directory / MODEL_WEIGHTS))
+
+
+def check_same_config(model: nn.Module, directory: str | os.PathLike) -> None:
+    """PlinthError naming the differing fields if `directory/config.json` describes another model than `model`."""
+    directory = Path(directory)
     saved = read_model_config(directory)
     current = _unwrap(model).config
     a, b = config_to_dict(saved), config_to_dict(current)
@@ -132,7 +147,6 @@ def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
     if diff:
         raise PlinthError(f"{directory / MODEL_CONFIG}: saved for a different model config ({'; '.join(diff[:4])}); "
                           "use the same model settings (--model/--arch), or a new output folder to start afresh")
-    load_state(model, read_safetensors(directory / MODEL_WEIGHTS), str(directory / MODEL_WEIGHTS))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

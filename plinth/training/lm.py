@@ -18,6 +18,7 @@ from plinth.data.tokenizer import Tokenizer
 from plinth.evaluate.lm import score_batches
 from plinth.models import build_model, make_config
 from plinth.models.io import load_weights, read_model_config
+from plinth.training.distributed import check_batch_divides, launch, needs_launch
 from plinth.training.run import Objective, RunSpec, train
 
 IGNORE_INDEX = -100  # targets with this id are not predicted (prompt tokens, padding): F.cross_entropy's default
@@ -103,6 +104,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     tokenizer = Tokenizer.load(cfg.data.tokenizer)
     mcfg = _model_config(cfg, tokenizer.vocab_size)
     train_split, val = _load_data(cfg, tokenizer, mcfg.seq_len)
+    check_batch_divides(cfg.optim.batch_size, cfg.dist)
+    if needs_launch(cfg.dist):  # --nproc N: checked above; now torchrun runs this verb on N processes
+        return launch(["pretrain"], to_dict(cfg), cfg.dist.nproc, cfg.run.out_dir)
     seed_everything(cfg.system.seed)
     model = build_model(mcfg)
     if cfg.init_from:
@@ -113,5 +117,5 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     print(f"model {mcfg.name}: {mcfg.n_layer} layers, d_model {mcfg.d_model}, context {mcfg.seq_len}, vocab "
           f"{mcfg.vocab_size}", flush=True)
     spec = RunSpec(cfg.optim, cfg.run, cfg.system, config=to_dict(cfg), assets={TOKENIZER: Path(cfg.data.tokenizer)},
-                   paths={"shards": Path(cfg.data.shards), "tokenizer": Path(cfg.data.tokenizer)})
+                   paths={"shards": Path(cfg.data.shards), "tokenizer": Path(cfg.data.tokenizer)}, dist=cfg.dist)
     return train(model, objective, spec)
