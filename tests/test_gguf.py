@@ -356,9 +356,9 @@ def test_missing_file(tmp_path):
 
 def test_not_a_gguf(tmp_path):
     (tmp_path / "a.gguf").write_text("hello, I am a text file\n")
-    _one_line_error(read_gguf, tmp_path / "a.gguf", match="not a GGUF")
+    assert str(tmp_path / "a.gguf") in _one_line_error(read_gguf, tmp_path / "a.gguf", match="not a GGUF")
     (tmp_path / "empty.gguf").write_bytes(b"")
-    _one_line_error(read_gguf, tmp_path / "empty.gguf", match="not a GGUF")
+    assert str(tmp_path / "empty.gguf") in _one_line_error(read_gguf, tmp_path / "empty.gguf", match="not a GGUF")
 
 
 def test_truncated_files(tmp_path, tokenizer):
@@ -376,7 +376,7 @@ def test_truncated_files(tmp_path, tokenizer):
 def test_unsupported_architecture(tmp_path, tokenizer, arch):
     path = tmp_path / f"{arch}.gguf"
     write_tiny_gguf(path, tiny_spec(arch=arch), tokenizer)
-    _one_line_error(read_gguf, path, match=f"architecture '{arch}' is not supported")
+    assert str(path) in _one_line_error(read_gguf, path, match=f"architecture '{arch}' is not supported")
 
 
 def test_unsupported_tensor_type(tmp_path, tokenizer):
@@ -384,7 +384,7 @@ def test_unsupported_tensor_type(tmp_path, tokenizer):
     path = tmp_path / "q2k.gguf"
     spec = tiny_spec(n_layer=1, d_model=256, d_ff=256)
     write_tiny_gguf(path, spec, tokenizer, lambda name: Q.Q2_K if name.endswith("ffn_up.weight") else Q.F32)
-    _one_line_error(read_gguf, path, match="Q2_K")
+    assert str(path) in _one_line_error(read_gguf, path, match="Q2_K")
 
 
 def test_missing_metadata_and_unexpected_tensor(tmp_path, tokenizer):
