@@ -22,6 +22,7 @@ from plinth.config import (
     PrepareConfig,
     PretrainConfig,
     QuickstartConfig,
+    ServeConfig,
     TokenizeConfig,
     TokenizerConfig,
 )
@@ -55,6 +56,8 @@ VERBS: dict[tuple[str, ...], Verb] = {
     ("generate",): Verb("plinth.cli.verbs:generate", GenerateConfig, "continue prompts with a model (--chat: reply)"),
     ("chat",): Verb("plinth.cli.verbs:chat", ChatConfig,
                     "chat with a model on the terminal: streamed, with history, /reset, /system, /save"),
+    ("serve",): Verb("plinth.serve.server:serve", ServeConfig,
+                     "serve a language model over an OpenAI-compatible HTTP API (continuous batching)"),
     ("import",): Verb("plinth.cli.verbs:import_", ImportConfig,
                       "convert a Hugging Face folder, a GGUF file or builtin:NAME into a Plinth model folder"),
     ("export",): Verb("plinth.cli.verbs:export", ExportConfig,
