@@ -192,7 +192,7 @@ class _Server:
             params.prompt_logprobs = body.logprobs
         rid = f"cmpl-{uuid.uuid4().hex}"
         seqs = [(p, i * body.n + j) for i, p in enumerate(prompts) for j in range(body.n)]
-        run = Run(self, request, [p for p, _ in seqs], params)
+        run = Run(self, request, [p for p, _ in seqs], params, body.n).start()
         fmt = CompletionFormat(self, rid, body, seqs)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -239,7 +239,7 @@ class _Server:
             raise ClientError(400, "top_logprobs needs logprobs: true", "top_logprobs", "invalid_value")
         params = self._params(body, len(ids), max_tokens, "messages", k)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        run = Run(self, request, [ids] * body.n, params)
+        run = Run(self, request, [ids] * body.n, params, body.n).start()
         fmt = ChatFormat(self, rid, body, len(ids))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)

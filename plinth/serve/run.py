@@ -61,42 +61,55 @@ class Piece:
 class Run:
     """The sequences of one request (one per choice), their text streams, and their usage."""
 
-    def __init__(self, server: Any, request: Request, prompts: list[list[int]], params: Params) -> None:
+    def __init__(self, server: Any, request: Request, prompts: list[list[int]], params: Params, n: int = 1) -> None:
+        """`prompts`: one per sequence (each distinct prompt repeated `n` times, for n choices)."""
         self.server, self.request, self.prompts, self.params = server, request, prompts, params
         self.completion_tokens = [0] * len(prompts)
         self.prompt_scores: list[PromptScores | None] = [None] * len(prompts)
-        self.prompt_tokens = sum(len(p) for p in prompts[:1]) if len(set(map(tuple, prompts))) == 1 else sum(
-            len(p) for p in prompts)
+        self.prompt_tokens = sum(len(p) for p in prompts) // n  # OpenAI counts a prompt once, whatever n is
+        self.handles: list[Any] = []
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.started = time.monotonic()
 
-    async def pieces(self) -> AsyncIterator[Piece]:
-        """Submit every sequence, then yield text pieces as they become final, until every choice has finished.
-        Leaving early (a disconnect, an error) cancels what is still running; its rows are freed at the next step."""
-        server, p = self.server, self.params
+    def start(self) -> Run:
+        """Submit every sequence to the engine, before any response is sent: a full queue is a 429 (Retry-After),
+        a request the engine refuses a 400. On failure, what was submitted is cancelled."""
+        server, p, lm = self.server, self.params, self.server.lm
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        started = time.monotonic()
-        deadline = started + server.opts.timeout
-        handles = []
-        lm = server.lm
-        streams = [TextStream(lm.tokenizer, p.stop, lm.stop_ids) for _ in self.prompts]
+        deadline = self.started + server.opts.timeout
         try:
             for i, ids in enumerate(self.prompts):
                 def on_event(event, i=i):
                     try:
-                        loop.call_soon_threadsafe(queue.put_nowait, (i, event))
+                        loop.call_soon_threadsafe(self.queue.put_nowait, (i, event))
                     except RuntimeError:
                         pass  # the event loop has closed (shutdown)
 
                 seed = None if p.seed is None else p.seed + i
                 req = EngineRequest(ids, p.max_tokens, on_event, p.temperature, p.top_k, p.top_p, seed, p.presence,
                                     p.frequency, lm.stop_ids, p.logprobs, p.prompt_logprobs, deadline)
-                try:
-                    handles.append(server.engine.submit(req))
-                except QueueFull as e:
-                    raise busy(server.opts.retry_after, e) from None
-                except PlinthError as e:
-                    raise ClientError(400, str(e), "prompt", "invalid_value") from None
-            server.metrics.prompt_tokens.inc(self.prompt_tokens)
+                self.handles.append(server.engine.submit(req))
+        except QueueFull as e:
+            self.cancel()
+            raise busy(server.opts.retry_after, e) from None
+        except PlinthError as e:
+            self.cancel()
+            raise ClientError(400, str(e), "prompt", "invalid_value") from None
+        server.metrics.prompt_tokens.inc(self.prompt_tokens)
+        return self
+
+    def cancel(self) -> None:
+        """End every sequence of the request (a no-op for finished ones); rows are freed at the engine's next step."""
+        for h in self.handles:
+            h.cancel()
+
+    async def pieces(self) -> AsyncIterator[Piece]:
+        """Yield text pieces as they become final, until every choice has finished. Leaving early (a disconnect, an
+        error) cancels what is still running."""
+        server, p, lm, queue, started = self.server, self.params, self.server.lm, self.queue, self.started
+        handles = self.handles
+        streams = [TextStream(lm.tokenizer, p.stop, lm.stop_ids) for _ in self.prompts]
+        try:
             live = set(range(len(self.prompts)))
             pending: list[list[TokenEvent]] = [[] for _ in self.prompts]
             last_token = [0.0] * len(self.prompts)
@@ -139,8 +152,7 @@ class Run:
                     yield Piece(i, streams[i].finish(), pending[i], "stop" if event.reason == "stop" else "length")
                     pending[i] = []
         finally:
-            for h in handles:
-                h.cancel()
+            self.cancel()
 
 
 async def collect(run: Run) -> list[list[Piece]]:
