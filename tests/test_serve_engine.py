@@ -188,3 +188,10 @@ def test_prompt_and_token_logprobs_are_the_models(lm):
     assert got.scores.logprobs[1:] == pytest.approx(want[1:len(prompt)], abs=1e-4)
     assert got.logprobs == pytest.approx(want[len(prompt):], abs=1e-4)
     assert got.scores.top[1][0][0] == int(logp[0].argmax())
+
+
+def test_a_vanishing_top_p_keeps_the_top_token():
+    """Found by the fuzz run: top_p = 4e-85 rounds to 0 in float32, which used to drop every token (NaN probs)."""
+    logits = torch.randn(2, 300, generator=torch.Generator().manual_seed(0)) * 5
+    token = sample_next_token(logits, temperature=1.0, top_p=4.2e-85, generator=torch.Generator().manual_seed(0))
+    assert token.tolist() == logits.argmax(-1).tolist()

@@ -33,6 +33,7 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_
         probs = sorted_logits.softmax(dim=-1)
         # Drop a token when the ones ranked above it already reach top_p; the top token always survives.
         drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+        drop_sorted[:, 0] = False  # explicitly: a top_p below float32's range would round to 0 and drop it too
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

@@ -30,7 +30,16 @@ from plinth.serve.formats import ChatFormat, CompletionFormat, sse
 from plinth.serve.guard import Guard, api_error
 from plinth.serve.metrics import Metrics
 from plinth.serve.run import ClientError, Params, Run, busy
-from plinth.serve.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, unsupported_field
+from plinth.serve.schemas import (
+    ChatRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+    unsupported_field,
+)
+
+SAMPLING_EPS = 1e-5  # temperatures below this decode greedily (as vLLM does): logits / 1e-300 are inf
 
 
 @dataclass
@@ -70,6 +79,8 @@ def create_app(lm: LanguageModel, options: ServeOptions | None = None, engine: E
     app.add_middleware(Guard, api_key=opts.api_key, max_body_bytes=opts.max_body_bytes, metrics=metrics,
                        cors_origins=opts.cors_origins)
 
+    _publish_limits(app, opts.name, engine.max_len)
+
     @app.exception_handler(ClientError)
     async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
         return api_error(exc.status, exc.message, exc.param, exc.code, exc.headers)
@@ -104,6 +115,28 @@ def create_app(lm: LanguageModel, options: ServeOptions | None = None, engine: E
         server.check_model(model_id)
         return server.model_card()
 
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        """The tokenizer's special tokens and chat template (vLLM's route; lm-eval's `remote` tokenizer reads it)."""
+        st = lm.settings
+        eos = st.eos_token or (lm.tokenizer.backend.id_to_token(lm.tokenizer.eos_id) if lm.tokenizer.eos_id >= 0
+                               else None)
+        return {"eos_token": eos, "bos_token": st.bos_token, "pad_token": None, "chat_template": st.chat_template,
+                "model_max_length": engine.max_len}
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
+        """Token ids of a text (vLLM's route): the plain tokenizer, plus the model's BOS with add_special_tokens."""
+        ids = lm.encode(body.prompt, bos=None if body.add_special_tokens else False)
+        return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_len}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
+        """The text of token ids (vLLM's route)."""
+        if any(not 0 <= t < lm.config.vocab_size for t in body.tokens):
+            raise ClientError(400, f"token ids must be in [0, {lm.config.vocab_size})", "tokens", "invalid_value")
+        return {"prompt": lm.tokenizer.decode(body.tokens)}
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
         """Continue text prompts (OpenAI legacy completions), with echo and logprobs."""
@@ -120,6 +153,27 @@ def create_app(lm: LanguageModel, options: ServeOptions | None = None, engine: E
         return await server.embeddings(body, request)
 
     return app
+
+
+def _publish_limits(app: FastAPI, name: str, max_len: int) -> None:
+    """Put what this server accepts into its OpenAPI document: `model` is the served name, token counts are bounded
+    by the context (clients and schema-driven fuzzers then send what can succeed)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for props in (c.get("properties", {}) for c in schema.get("components", {}).get("schemas", {}).values()):
+                if "model" in props:
+                    props["model"] = {"type": "string", "enum": [name], "title": "Model"}
+                for field in ("max_tokens", "max_completion_tokens"):
+                    for option in props.get(field, {}).get("anyOf", [props.get(field, {})]):
+                        if option.get("type") == "integer":
+                            option["maximum"] = max_len
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None, str | None]:
@@ -170,8 +224,9 @@ class _Server:
                                    f"max_tokens", param, "context_length_exceeded")
         temperature = 1.0 if body.temperature is None else body.temperature
         top_p = 1.0 if body.top_p is None else body.top_p
-        if top_p == 0.0:
-            temperature = 0.0  # only the most likely token has any of the mass
+        if top_p == 0.0 or temperature < SAMPLING_EPS:
+            # top_p 0: only the most likely token has any mass; a vanishing temperature would overflow the logits
+            temperature = 0.0
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         return Params(max_tokens=budget if max_tokens is None else max_tokens, temperature=temperature,
                        top_k=body.top_k or 0, top_p=top_p, seed=body.seed, presence=body.presence_penalty,

@@ -93,6 +93,19 @@ class EmbeddingRequest(_Body):
     user: str | None = Field(None, max_length=256)
 
 
+class TokenizeRequest(_Body):
+    """POST /tokenize (vLLM's extension, used by lm-eval's remote tokenizer)."""
+
+    prompt: str = Field(max_length=1_000_000)
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(_Body):
+    """POST /detokenize."""
+
+    tokens: list[int] = Field(max_length=1_000_000)
+
+
 def unsupported_field(body: BaseModel) -> str | None:
     """The first set field this server does not implement, if any."""
     extra: dict[str, Any] = body.model_extra or {}

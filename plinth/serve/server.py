@@ -8,6 +8,7 @@ event, and the process exits 0.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -72,9 +73,22 @@ def serve(cfg: ServeConfig) -> int:
           f"queue {cfg.max_queue}, context {app.state.server.engine.max_len})", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=int(cfg.drain_seconds) or None,
                             access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    _server_class(uvicorn)(config).run(sockets=[sock])
     print("server stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _server_class(uvicorn):
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, except that a drained shutdown exits 0: uvicorn re-raises the signal it caught once it
+        has shut down (so the process dies of SIGTERM); a supervisor should see a clean stop instead."""
+
+        def handle_exit(self, sig, frame) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True  # a second Ctrl-C: stop waiting for requests in flight
+            self.should_exit = True
+
+    return DrainingServer
 
 
 def _bind(host: str, port: int) -> socket.socket:
