@@ -81,6 +81,12 @@ def test_chat_max_tokens_and_n(client):
     assert [c["index"] for c in out["choices"]] == [0, 1] and out["usage"]["completion_tokens"] == 6
 
 
+def test_ignore_eos_runs_to_max_tokens(client):
+    out = client.post("/v1/chat/completions", json=chat_body(max_tokens=12, ignore_eos=True)).json()
+    assert out["choices"][0]["finish_reason"] == "length" and out["usage"]["completion_tokens"] == 12
+    assert out["choices"][0]["message"]["content"].startswith(REPLY)
+
+
 def test_stream_is_byte_for_byte_openais_format(client):
     r = client.post("/v1/chat/completions", json=chat_body(stream=True, stream_options={"include_usage": True}))
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")

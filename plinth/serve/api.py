@@ -230,7 +230,8 @@ class _Server:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         return Params(max_tokens=budget if max_tokens is None else max_tokens, temperature=temperature,
                        top_k=body.top_k or 0, top_p=top_p, seed=body.seed, presence=body.presence_penalty,
-                       frequency=body.frequency_penalty, stop=[s for s in stop if s], logprobs=logprobs)
+                       frequency=body.frequency_penalty, stop=[s for s in stop if s], logprobs=logprobs,
+                      ignore_eos=body.ignore_eos)
 
     # ------------------------------------------------------------------------------------------------------------------
 

@@ -1,11 +1,12 @@
 """The batching engine: token ids in, token ids out, many sequences decoded together (continuous batching).
 
 One thread owns the model. Between decode steps it admits waiting sequences into free rows of a `SlotCache`
-(their prompts are read in chunks of `prefill_chunk` tokens, one chunk per sequence per step, so a long prompt never
-stalls the others' decoding for more than one chunk), runs one forward pass that advances every decoding sequence by
-one token, samples each row with its own options and seed (`generate.sample_rows`, the sampling of the one decoding
-loop), and removes finished, cancelled or timed-out sequences at once, freeing their row. Results go back through
-each request's `on_event` callback, called on the engine thread. The engine knows nothing of text or HTTP.
+(their prompts are read in chunks of `prefill_chunk` tokens, at most about one chunk's worth per step, so a long
+prompt, or a crowd of new ones, never stalls the others' decoding for more than one chunk), runs one forward pass
+that advances every decoding sequence by one token, samples each row with its own options and seed
+(`generate.sample_rows`, the sampling of the one decoding loop), and removes finished, cancelled or timed-out
+sequences at once, freeing their row. Results go back through each request's `on_event` callback, called on the
+engine thread. The engine knows nothing of text or HTTP.
 """
 
 from __future__ import annotations
@@ -274,12 +275,19 @@ class Engine:
                 job.on_done(None, f"{type(e).__name__}: {e}")
 
     def _prefill(self) -> None:
-        """One chunk for each prefilling sequence; a sequence whose prompt is all in starts decoding."""
+        """Prompt chunks, oldest sequence first, up to `prefill_chunk` tokens in all per step (at least one chunk),
+        so the decoding rows wait for at most about one chunk's work. A chunk is always the next `prefill_chunk`
+        tokens of its prompt: its boundaries never depend on the rest of the batch. A sequence whose prompt is all
+        in starts decoding."""
+        budget = self.prefill_chunk
         for seq in list(self._rows[self._n_dec:]):
+            if budget <= 0:
+                break
             row = self._rows.index(seq)
             prompt = seq.req.prompt
             chunk = prompt[seq.fed:seq.fed + self.prefill_chunk]
             T = len(chunk)
+            budget -= T
             scores = seq.req.prompt_logprobs is not None
             view = self.cache.prefill(row, T)
             ids = torch.tensor([chunk], device=self.device)

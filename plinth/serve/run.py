@@ -42,6 +42,7 @@ class Params:
     frequency: float
     stop: list[str]
     logprobs: int | None  # None: off; k: chosen + k alternatives
+    ignore_eos: bool = False
     prompt_logprobs: int | None = None
 
 
@@ -86,8 +87,9 @@ class Run:
                         pass  # the event loop has closed (shutdown)
 
                 seed = None if p.seed is None else p.seed + i
+                stop_ids = frozenset() if p.ignore_eos else lm.stop_ids
                 req = EngineRequest(ids, p.max_tokens, on_event, p.temperature, p.top_k, p.top_p, seed, p.presence,
-                                    p.frequency, lm.stop_ids, p.logprobs, p.prompt_logprobs, deadline)
+                                    p.frequency, stop_ids, p.logprobs, p.prompt_logprobs, deadline)
                 self.handles.append(server.engine.submit(req))
         except QueueFull as e:
             self.cancel()

@@ -45,6 +45,8 @@ class _Sampling(_Body):
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     user: str | None = Field(None, max_length=256)
+    ignore_eos: bool = Field(False, description="keep generating past the model's stop tokens (vLLM's extension, "
+                                               "for benchmarks)")
 
 
 class CompletionRequest(_Sampling):

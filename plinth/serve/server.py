@@ -16,6 +16,8 @@ from pathlib import Path
 from plinth.common import PlinthError
 from plinth.config import ServeConfig
 
+SWITCH_INTERVAL = float(os.environ.get("PLINTH_SWITCH_INTERVAL", "0.001"))
+
 
 def _import_web():
     try:
@@ -61,6 +63,9 @@ def serve(cfg: ServeConfig) -> int:
     sock = _bind(cfg.host, cfg.port)  # before loading: a taken port fails in a second, not after the model loads
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # The engine thread and the event loop share the GIL: at the default 5 ms switch interval a token can wait that
+    # long to reach its stream; 1 ms hands it over sooner.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     lm = load(cfg.model, device=cfg.device)
     if not isinstance(lm, LanguageModel):
         raise PlinthError(f"{cfg.model}: plinth serve serves language models, not {type(lm).__name__}")
@@ -69,8 +74,12 @@ def serve(cfg: ServeConfig) -> int:
     app = create_app(lm, opts)
     host, port = sock.getsockname()[:2]
     key = "on" if opts.api_key else "off"
+    engine = app.state.server.engine
+    c, w = lm.config, next(lm.model.parameters())
+    kv_max = 2 * c.n_layer * c.n_kv_head * c.head_dim * w.element_size() * engine.max_len * cfg.max_batch
     print(f"serving {opts.name!r} at http://{host}:{port}/v1 (API key {key}; batch {cfg.max_batch}, "
-          f"queue {cfg.max_queue}, context {app.state.server.engine.max_len})", file=sys.stderr, flush=True)
+          f"queue {cfg.max_queue}, context {engine.max_len}, KV cache at most {kv_max / 2**20:.0f} MiB)",
+          file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=int(cfg.drain_seconds) or None,
                             access_log=False)
     _server_class(uvicorn)(config).run(sockets=[sock])
