@@ -12,7 +12,10 @@ include_usage`), each sending its requests back to back. Prompts are slices of S
 tokens); every request generates exactly `--max_tokens` tokens (`ignore_eos`, greedy). Reported per concurrency:
 requests/s and output tokens/s over the level's wall time, time to first token (request sent -> first text chunk)
 and inter-token latency (gaps between text chunks of one stream) at p50/p95/p99, and failed requests. The peer is
-the same server with `--max_batch 1` (requests queue and run one at a time), at 1 and 16 clients.
+the same server with `--max_batch 1` (requests queue and run one at a time), at 1 and 16 clients; and transformers'
+`generate` on the same weights and 16 prompts as one static batch, offline (no HTTP, no streaming: an upper bound for
+a server that batches without joining and leaving). transformers' continuous-batching `generate_batch` was tried:
+on this CPU it gave 3 tokens/s for the tiny model (16 prompts x 32 tokens in 173 s), so it is not the peer here.
 """
 
 from __future__ import annotations
@@ -145,6 +148,37 @@ async def load(url: str, clients: int, requests: int, texts: list[str], max_toke
             "ttft": ttft, "itl": itl}
 
 
+def hf_peer(folder: Path, clients: int, max_tokens: int, threads: int) -> list[object]:
+    """transformers' `generate` on the same weights and prompts, offline (no HTTP): `clients` prompts as one static
+    batch (left-padded), greedy, exactly `max_tokens` new tokens each; returns a table row."""
+    import torch
+    import transformers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from plinth.models.hf import hf_config_from_gpt
+    from plinth.pipelines import load
+
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(threads)
+    lm = load(str(folder), device="cpu")
+    config = {k: v for k, v in hf_config_from_gpt(lm.config).items() if k not in ("architectures", "model_type")}
+    hf = LlamaForCausalLM(LlamaConfig(**config)).eval()
+    hf.load_state_dict(lm.model.state_dict(), strict=True)
+    rows = lm.encode_prompts(prompts(clients))
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    with torch.inference_mode():
+        hf.generate(ids[:1, -8:], attention_mask=mask[:1, -8:], do_sample=False, max_new_tokens=2, pad_token_id=0)
+        t0 = time.perf_counter()
+        out = hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=max_tokens,
+                          min_new_tokens=max_tokens, pad_token_id=0, eos_token_id=None)
+        wall = time.perf_counter() - t0
+    tokens = (out.shape[1] - width) * clients
+    return [folder.name, "HF generate, one static batch (offline)", clients, clients, 0, f"{clients / wall:.2f}",
+            f"{tokens / wall:.1f}", "-", "-", "-"]
+
+
 def run_model(name: str, folder: Path, levels: list[int], peer_levels: list[int], args) -> list[list[object]]:
     texts = prompts(64)
     rows = []
@@ -175,6 +209,7 @@ def main() -> None:
     ap.add_argument("--min_requests", type=int, default=16, help="requests per level (at least the client count)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no_hf", action="store_true", help="skip the transformers peer")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
     if args.quick:
@@ -188,6 +223,11 @@ def main() -> None:
         for name in args.models.split(","):
             folder = make_tiny(Path(tmp) / name) if name == "tiny" else make_smollm2(Path(tmp) / name)
             rows += run_model(name, folder, levels, [lv for lv in (1, 16) if lv in levels or args.quick], args)
+            if not args.no_hf:
+                meter = OtherCpu()
+                rows.append(hf_peer(folder, 16 if not args.quick else 4, args.max_tokens, args.threads))
+                rows[-1][-1] = f"{meter.cores():.2f}"
+                print(" | ".join(str(x) for x in rows[-1]), file=sys.stderr, flush=True)
     print()
     print_table(["model", "server", "clients", "requests", "failed", "req/s", "out tok/s", "TTFT ms p50/95/99",
                  "ITL ms p50/95/99", "other CPU"], rows)
@@ -200,6 +240,10 @@ def main() -> None:
         if ("batching", 16) in tps and ("batching off", 16) in tps:
             print(f"{name}: 16 clients, batching vs batching off: "
                   f"{tps['batching', 16] / tps['batching off', 16]:.1f}x output tokens/s")
+        hf = [float(r[6]) for r in rows if r[0] == name and r[1].startswith("HF")]
+        if ("batching", 16) in tps and hf:
+            print(f"{name}: 16 clients over HTTP vs transformers generate on the same 16 prompts as one batch: "
+                  f"{tps['batching', 16] / hf[0]:.1f}x output tokens/s (target >= 2x)")
 
 
 if __name__ == "__main__":

