@@ -180,6 +180,7 @@ def test_metrics(client):
     ('{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}', 404, "model"),
     ('{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5000}', 400, "messages"),
     ('[1, 2]', 400, None),
+    ('{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stop": ["' + "s" * 300 + '"]}', 400, "stop"),
 ])
 def test_bad_input_is_a_4xx_in_openai_format(client, body, status, param):
     r = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import struct
 import time
 import uuid
@@ -176,12 +177,17 @@ def _publish_limits(app: FastAPI, name: str, max_len: int) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+_UNION_TAG = re.compile(r"^(str|int|float|bool|list|dict|.*[\[\]-].*)$")
+
+
 def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None, str | None]:
     """(message, param, code) for pydantic's errors: the first one, naming the field as OpenAI does."""
     if not errors:
         return "invalid request", None, None
     err = errors[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    # pydantic names the branch of a union in the location ("stop.list[constrained-str].0"); OpenAI's param is the
+    # field path alone
+    loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _UNION_TAG.match(str(p))]
     if err.get("type") == "json_invalid":
         return "the request body is not valid JSON", None, "invalid_json"
     param = ".".join(loc) or None

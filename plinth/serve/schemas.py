@@ -8,11 +8,13 @@ fields are ignored, as OpenAI-compatible servers usually do, so newer clients ke
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_N = 16  # choices per request
+# A stop string is matched against each new tail of the text: bounded, so matching stays cheap per token.
+StopString = Annotated[str, Field(max_length=256)]
 MAX_STOP = 16  # stop strings per request
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 SEED_MAX = 2**63 - 1
@@ -40,7 +42,7 @@ class _Sampling(_Body):
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = Field(None, max_length=MAX_STOP)
+    stop: StopString | list[StopString] | None = Field(None, max_length=MAX_STOP)
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
