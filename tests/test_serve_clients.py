@@ -78,6 +78,7 @@ def test_lm_eval_local_completions_scores_through_the_server(tmp_path):
     scoring gives on the same model and task."""
     pytest.importorskip("lm_eval")
     import lm_eval
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
     from lm_eval.tasks import TaskManager
 
     from plinth.config import EvalTasksConfig
@@ -90,11 +91,11 @@ def test_lm_eval_local_completions_scores_through_the_server(tmp_path):
     ours = evaluate_tasks(EvalTasksConfig(model="-", tasks=[str(task / "task.jsonl")], shots=[0],
                                           out=str(tmp_path / "o"), progress=False), lm=model)["results"][0]
     with running(model, max_batch=8) as s:
-        result = lm_eval.simple_evaluate(
-            model="local-completions", tasks=["plinth_local"], num_fewshot=0,
-            model_args=f"base_url={s.url}/v1/completions,model=tiny,tokenizer_backend=remote,num_concurrent=4,"
-                       "max_retries=1",
-            task_manager=TaskManager(include_path=str(task / "yaml")))
+        # the class itself, not the name "local-completions": lm-eval's name registry depends on import order
+        backend = LocalCompletionsAPI(base_url=f"{s.url}/v1/completions", model="tiny", tokenizer_backend="remote",
+                                      num_concurrent=4, max_retries=1)
+        result = lm_eval.simple_evaluate(model=backend, tasks=["plinth_local"], num_fewshot=0,
+                                         task_manager=TaskManager(include_path=str(task / "yaml")))
     theirs = result["results"]["plinth_local"]
     assert theirs["acc,none"] == pytest.approx(ours["acc"]) and 0 < ours["acc"] < 1
     assert theirs["acc_norm,none"] == pytest.approx(ours["acc_norm"])
