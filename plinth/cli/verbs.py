@@ -6,6 +6,7 @@ Each function takes the verb's config dataclass (as parsed by `plinth.cli.args`)
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -148,14 +149,26 @@ def _chat_command(session, line: str) -> bool:
 
 def chat(cfg: ChatConfig) -> int:
     """Chat with a model: each line read is a user message, each reply is streamed; history is kept."""
-    from plinth.pipelines import load
-    from plinth.pipelines.text import ChatSession
+    from plinth.common import PlinthError
 
-    lm = load(cfg.model, device=cfg.device)
-    session = ChatSession(lm, cfg.system, cfg.sampling, _template(cfg.template))
+    if cfg.server:
+        from plinth.serve.client import RemoteChatSession
+
+        if cfg.template:
+            raise PlinthError("--template applies to a local model; a server uses its model's own template")
+        session = RemoteChatSession(cfg.server, cfg.system, cfg.sampling,
+                                    cfg.api_key or os.environ.get("PLINTH_API_KEY", ""))
+        where = f"{session.model} at {cfg.server}"
+    else:
+        from plinth.pipelines import load
+        from plinth.pipelines.text import ChatSession
+
+        lm = load(cfg.model, device=cfg.device)
+        session = ChatSession(lm, cfg.system, cfg.sampling, _template(cfg.template))
+        where = cfg.model
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"chatting with {cfg.model}; {CHAT_HELP}", file=sys.stderr)
+        print(f"chatting with {where}; {CHAT_HELP}", file=sys.stderr)
     while True:
         if interactive:
             sys.stderr.write("> ")

@@ -105,3 +105,155 @@ class KVCache:
         self.length, self.has_padding = 0, False
         self.key_mask.zero_()
         self.next_pos.zero_()
+
+
+class SlotCache:
+    """Keys/values of up to `slots` independent sequences, one row each, every row with its own length: the
+    per-sequence KV cache of a continuous-batching server.
+
+    Rows [0, n) hold live sequences; a sequence that leaves has the last live row moved into its place
+    (`move_row`), so a decode step over the first n rows reads views of the memory, never a gathered copy. Slot j
+    of row b is real iff j < lengths[b] (right padding), and each row's RoPE position is its length. The memory
+    grows by doubling (`reserve`) up to `max_len` slots per row and shrinks back with `shrink` when idle.
+    A model sees this cache through `decode` (one new token for each of rows [0, n)) and `prefill` (T new tokens
+    for one row), objects with the `begin`/`update`/`end` protocol of `KVCache`.
+    """
+
+    def __init__(self, n_layer: int, slots: int, n_kv_head: int, head_dim: int, max_len: int, capacity: int = 64,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        self.n_layer, self.slots, self.n_kv_head, self.head_dim = n_layer, slots, n_kv_head, head_dim
+        self.max_len, self.device, self.dtype = max_len, device, dtype
+        self.initial = min(capacity, max_len)
+        self.lengths = [0] * slots
+        self._allocate(self.initial)
+
+    def _allocate(self, capacity: int) -> None:
+        shape = (self.slots, self.n_kv_head, capacity, self.head_dim)
+        self.k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.n_layer)]
+        self.v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.n_layer)]
+        self.capacity = capacity
+
+    def nbytes(self) -> int:
+        """Bytes held by the key/value memory."""
+        return 2 * sum(t.numel() * t.element_size() for t in self.k)
+
+    def reserve(self, needed: int) -> None:
+        """Make room for `needed` slots per row (doubling, capped at max_len), keeping what is stored."""
+        if needed > self.max_len:
+            raise PlinthError(f"a sequence of {needed} tokens does not fit the cache's {self.max_len} per row")
+        if needed <= self.capacity:
+            return
+        capacity = self.capacity
+        while capacity < needed:
+            capacity = min(self.max_len, capacity * 2)
+        old_k, old_v, old = self.k, self.v, self.capacity
+        self._allocate(capacity)
+        for layer in range(self.n_layer):
+            self.k[layer][:, :, :old] = old_k[layer]
+            self.v[layer][:, :, :old] = old_v[layer]
+
+    def shrink(self) -> None:
+        """Release the memory grown beyond the initial capacity; only when no row holds anything."""
+        if any(self.lengths) or self.capacity == self.initial:
+            return
+        self._allocate(self.initial)
+
+    def clear_row(self, row: int) -> None:
+        """Forget row `row` (its memory is simply overwritten by the next sequence)."""
+        self.lengths[row] = 0
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row `src` (its filled slots) into row `dst` and empty `src`."""
+        if src == dst:
+            return
+        n = self.lengths[src]
+        for layer in range(self.n_layer):
+            self.k[layer][dst, :, :n] = self.k[layer][src, :, :n]
+            self.v[layer][dst, :, :n] = self.v[layer][src, :, :n]
+        self.lengths[dst], self.lengths[src] = n, 0
+
+    def swap_rows(self, a: int, b: int) -> None:
+        """Exchange rows `a` and `b`."""
+        if a == b:
+            return
+        n = max(self.lengths[a], self.lengths[b])
+        idx = torch.tensor([a, b], device=self.k[0].device)
+        rev = torch.tensor([b, a], device=self.k[0].device)
+        for layer in range(self.n_layer):
+            self.k[layer][idx, :, :n] = self.k[layer][rev, :, :n]
+            self.v[layer][idx, :, :n] = self.v[layer][rev, :, :n]
+        self.lengths[a], self.lengths[b] = self.lengths[b], self.lengths[a]
+
+    def decode(self, n: int) -> _DecodeView:
+        """The cache as a batch of rows [0, n), each taking one new token at its own length."""
+        self.reserve(max(self.lengths[:n]) + 1)
+        return _DecodeView(self, n)
+
+    def prefill(self, row: int, T: int) -> _PrefillView:
+        """The cache as a batch of one row taking `T` new tokens after the ones it holds."""
+        self.reserve(self.lengths[row] + T)
+        return _PrefillView(self, row, T)
+
+
+class _DecodeView:
+    """Rows [0, n) of a SlotCache, one new token each (B = n, T = 1), written at each row's own length."""
+
+    def __init__(self, cache: SlotCache, n: int) -> None:
+        self.cache, self.batch_size = cache, n
+        self.lens = cache.lengths[:n]
+        self.length = max(self.lens)  # Decoder: start + T bounds the RoPE positions used
+        device = cache.k[0].device
+        self._rows = torch.arange(n, device=device)
+        self._at = torch.tensor(self.lens, device=device)  # (n,) the slot each row writes
+
+    def begin(self, attention_mask_bt: torch.Tensor | None, T: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if T != 1 or attention_mask_bt is not None:
+            raise PlinthError("a decode step over a SlotCache takes exactly one real token per row")
+        positions = self._at[:, None]  # (n, 1): RoPE position = tokens already held
+        if min(self.lens) == self.length:
+            return positions, None  # all rows equally long: the one new query may see every key
+        S = self.length + 1
+        mask = torch.arange(S, device=self._at.device)[None, :] <= self._at[:, None]  # (n, S)
+        return positions, mask[:, None, None, :]  # (n, 1, 1, S)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store each row's new key/value (n, n_kv_head, 1, hd) at its own slot; return rows [0, n) up to the
+        longest (n, n_kv_head, S, hd), views of the memory."""
+        K, V = self.cache.k[layer], self.cache.v[layer]
+        K[self._rows, :, self._at] = k[:, :, 0]
+        V[self._rows, :, self._at] = v[:, :, 0]
+        S = self.length + 1
+        return K[:self.batch_size, :, :S], V[:self.batch_size, :, :S]
+
+    def end(self, T: int) -> None:
+        for b in range(self.batch_size):
+            self.cache.lengths[b] += 1
+
+
+class _PrefillView:
+    """One row of a SlotCache taking T new tokens (B = 1) after its `start` filled slots."""
+
+    def __init__(self, cache: SlotCache, row: int, T: int) -> None:
+        self.cache, self.row, self.batch_size = cache, row, 1
+        self.length = cache.lengths[row]  # start of the new tokens
+
+    def begin(self, attention_mask_bt: torch.Tensor | None, T: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if attention_mask_bt is not None:
+            raise PlinthError("a SlotCache prefill takes unpadded tokens")
+        start = self.length
+        device = self.cache.k[0].device
+        positions = torch.arange(start, start + T, device=device)[None, :]  # (1, T)
+        if start == 0:
+            return positions, None  # plain causal attention over the new tokens
+        key_mask = torch.ones(1, start + T, dtype=torch.bool, device=device)
+        return positions, attention_mask(key_mask, start, T)  # (1, 1, T, start + T)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self.length, self.length + k.shape[2]
+        r = self.row
+        self.cache.k[layer][r:r + 1, :, start:end] = k
+        self.cache.v[layer][r:r + 1, :, start:end] = v
+        return self.cache.k[layer][r:r + 1, :, :end], self.cache.v[layer][r:r + 1, :, :end]
+
+    def end(self, T: int) -> None:
+        self.cache.lengths[self.row] += T

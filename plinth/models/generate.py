@@ -22,12 +22,8 @@ def check_sampling(temperature: float, top_k: int, top_p: float, max_new_tokens:
                             seed=seed), "sampling")
 
 
-def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick one token id per row from logits (B, V): argmax at temperature 0, else sample after top-k/top-p."""
-    check_sampling(temperature, top_k, top_p)
-    if temperature == 0:
-        return logits.argmax(dim=-1)
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Logits (B, V) divided by `temperature` (> 0), with tokens outside the top-k / top-p set at -inf (fp32)."""
     logits = logits.float() / temperature  # (B, V)
     if 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest logit
@@ -37,10 +33,40 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
         probs = sorted_logits.softmax(dim=-1)
         # Drop a token when the ones ranked above it already reach top_p; the top token always survives.
         drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+        drop_sorted[:, 0] = False  # explicitly: a top_p below float32's range would round to 0 and drop it too
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
+    return logits
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token id per row from logits (B, V): argmax at temperature 0, else sample after top-k/top-p."""
+    check_sampling(temperature, top_k, top_p)
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
+
+
+def sample_rows(logits: torch.Tensor, options: list[tuple[float, int, float]],
+                generators: list[torch.Generator]) -> torch.Tensor:
+    """One token id per row of logits (B, V), each row with its own (temperature, top_k, top_p) and generator.
+
+    Rows are filtered in groups of equal options and drawn one by one from their own generator, so a row gets the
+    token `sample_next_token(logits[i:i+1], *options[i], generators[i])` would give, whatever else is in the batch
+    (a server's requests each keep their seed). Options are trusted (checked when the request was made).
+    """
+    out = logits.argmax(dim=-1)  # (B,): the greedy rows' answer; sampled rows are overwritten below
+    groups: dict[tuple[float, int, float], list[int]] = {}
+    for i, opt in enumerate(options):
+        if opt[0] > 0:
+            groups.setdefault(opt, []).append(i)
+    for (temperature, top_k, top_p), rows in groups.items():
+        probs = filter_logits(logits[rows], temperature, top_k, top_p).softmax(dim=-1)  # (G, V)
+        for j, i in enumerate(rows):
+            out[i] = torch.multinomial(probs[j:j + 1], num_samples=1, generator=generators[i])[0, 0]
+    return out
 
 
 def window_size(context: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,36 +181,13 @@ class LanguageModel:
         return self.stream_ids(self.encode_prompts(batch), sampling, **options)
 
     def _texts(self, steps: Iterator[list[int | None]], n: int, stop: Sequence[str] = ()) -> Iterator[list[str]]:
-        new_ids: list[list[int]] = [[] for _ in range(n)]
-        shown = [""] * n
-        ended = [False] * n  # ended by a stop string: its later tokens are dropped
+        streams = [TextStream(self.tokenizer, stop, self.stop_ids) for _ in range(n)]
         for step_tokens in steps:
-            pieces = []
-            for i, tok in enumerate(step_tokens):
-                if ended[i]:
-                    pieces.append("")
-                    continue
-                if tok is not None and tok not in self.stop_ids:
-                    new_ids[i].append(tok)
-                text = self.tokenizer.decode(new_ids[i])
-                cut = _first_stop(text, stop)
-                if cut is not None:
-                    stable, ended[i] = text[:cut], True
-                else:
-                    stable = text[: len(text) - _held_back(text, stop)]
-                pieces.append(stable[len(shown[i]):] if stable.startswith(shown[i]) else "")
-                if stable.startswith(shown[i]):
-                    shown[i] = stable
-            yield pieces
-            if all(ended):
+            yield [s.add(tok) for s, tok in zip(streams, step_tokens)]
+            if all(s.ended for s in streams):
                 steps.close()  # stop decoding: every row has hit a stop string
                 return
-        tail = []
-        for i, ids in enumerate(new_ids):  # what was held back (a partial character, a possible stop-string start)
-            text = self.tokenizer.decode(ids)
-            cut = _first_stop(text, stop)
-            text = text[:cut] if cut is not None else text
-            tail.append(text[len(shown[i]):] if not ended[i] and text.startswith(shown[i]) else "")
+        tail = [s.finish() for s in streams]
         if any(tail):
             yield tail
 
@@ -239,6 +216,54 @@ class LanguageModel:
         c = self.config
         return (f"LanguageModel({c.name}: {c.n_layer} layers, d_model {c.d_model}, context {c.seq_len}, "
                 f"vocab {c.vocab_size}; from {self.path})")
+
+
+class TextStream:
+    """One sequence's generated token ids turned into text, piece by piece, as they come.
+
+    A piece is only released once it is final: a probably partial UTF-8 character (U+FFFD at the end) and any tail
+    that could be the start of a stop string are held back, and the text ends before the first stop string, which
+    is matched on the decoded text (so across token boundaries) and never shown. `skip_ids` (the model's stop
+    tokens) add no text. `finish()` releases what was held back when the sequence ends without a stop string.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), skip_ids: Collection[int] = ()) -> None:
+        self.tokenizer, self.stop, self.skip_ids = tokenizer, [s for s in stop if s], frozenset(skip_ids)
+        self.ids: list[int] = []
+        self.shown = ""  # the text released so far
+        self.ended = False  # a stop string was generated: later tokens are dropped
+        self.tokens_used = 0  # how many ids the released text draws on (all of them until a stop string)
+
+    def add(self, token: int | None) -> str:
+        """Take the next token id (None: no new token) and return the newly final text (often "")."""
+        if self.ended:
+            return ""
+        if token is not None and token not in self.skip_ids:
+            self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        cut = _first_stop(text, self.stop)
+        if cut is not None:
+            stable, self.ended = text[:cut], True
+        else:
+            stable = text[: len(text) - _held_back(text, self.stop)]
+        self.tokens_used = len(self.ids)
+        if not stable.startswith(self.shown):
+            return ""
+        piece, self.shown = stable[len(self.shown):], stable
+        return piece
+
+    def finish(self) -> str:
+        """The held-back tail at the end of the sequence (nothing after a stop string)."""
+        if self.ended:
+            return ""
+        text = self.tokenizer.decode(self.ids)
+        cut = _first_stop(text, self.stop)
+        text = text[:cut] if cut is not None else text
+        self.ended = True
+        if not text.startswith(self.shown):
+            return ""
+        piece, self.shown = text[len(self.shown):], text
+        return piece
 
 
 def _first_stop(text: str, stop: Sequence[str]) -> int | None:
