@@ -69,6 +69,8 @@ class Objective:
     of extra metrics; the run divides the gradient by the count summed over all micro-batches of a step, so masked
     objectives average correctly under gradient accumulation. `units_in(batch)` is the work a batch carries for
     throughput (tokens, images); `flops_per_unit` the training FLOPs per unit, for MFU (0 = not reported).
+    `stop()` (early stopping) is asked after each evaluation and once at resume; a reason string ends the run there,
+    with a checkpoint. Whatever it decides on must live in the batch source's state, so a resume decides alike.
     """
 
     name: str
@@ -78,6 +80,7 @@ class Objective:
     units_in: Callable[[Any], int] = lambda batch: int(batch[0].numel())
     unit: str = "tok"
     flops_per_unit: float = 0.0
+    stop: Callable[[], str | None] | None = None  # asked after each evaluation: a reason to end the run early
 
 
 @dataclass
@@ -309,14 +312,15 @@ def _run(model, objective: Objective, spec: RunSpec, run_dir: Path, ckpt: Path |
                      "compiled": compiled.decided, "config": spec.config, "paths": run_paths}
         save_checkpoint(run_dir, step, model, optimizer, run_state, spec.assets, rc.keep_checkpoints)
 
-    status, last_val = "completed", {}
+    early = objective.stop() if objective.stop is not None and ckpt is not None else None
+    status, last_val = (f"stopped early: {early}" if early else "completed"), {}
     session_start, elapsed_before = time.perf_counter(), state.elapsed_s
     window_s, window_units = 0.0, 0  # throughput counts training steps only, not evaluation or checkpoints
     model.train()
     with _stop_on_signals() as stop, Progress(objective.name, total=rc.max_steps, unit="step", enabled=rc.progress,
                                               interval=rc.progress_seconds) as bar:
         bar.start_at(state.step)
-        while state.step < rc.max_steps:
+        while not early and state.step < rc.max_steps:
             lr = lr_at(schedule_step(state.step, rc, elapsed_before + time.perf_counter() - session_start), optim.lr,
                        warmup, rc.max_steps, optim.min_lr_ratio)
             for group in optimizer.param_groups:
@@ -351,15 +355,20 @@ def _run(model, objective: Objective, spec: RunSpec, run_dir: Path, ckpt: Path |
             bar.update(completed=state.step, eta=min(time_left, bar.rate_eta()) if time_left is not None else None)
             last_step = state.step == rc.max_steps or out_of_time or stop["signal"] is not None
             state.elapsed_s = elapsed
-            due = (rc.ckpt_every and state.step % rc.ckpt_every == 0) or last_step
-            if due and state.bad_steps == 0:  # never inside a streak of non-finite steps
-                checkpoint(state.step)
-            elif due and last_step:
-                warn(f"the run ended inside a streak of {state.bad_steps} non-finite steps: no final checkpoint; the "
-                     "last one is from before the streak")
+            # Evaluate before checkpointing, so what an evaluation decides (early stopping) is in the checkpoint.
             if objective.evaluate is not None and ((rc.eval_every and state.step % rc.eval_every == 0) or last_step):
                 last_val = objective.evaluate(model)
                 log.log(state.step, tokens=state.tokens, **{f"val_{k}": v for k, v in last_val.items()})
+                early = objective.stop() if objective.stop is not None else None
+            due = (rc.ckpt_every and state.step % rc.ckpt_every == 0) or last_step or early
+            if due and state.bad_steps == 0:  # never inside a streak of non-finite steps
+                checkpoint(state.step)
+            elif due and (last_step or early):
+                warn(f"the run ended inside a streak of {state.bad_steps} non-finite steps: no final checkpoint; the "
+                     "last one is from before the streak")
+            if early:
+                status = f"stopped early: {early}"
+                break
             if stop["signal"] is not None:
                 status = f"stopped by signal {signal.Signals(stop['signal']).name}"
                 break
