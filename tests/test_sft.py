@@ -288,3 +288,36 @@ def test_bad_rows_are_counted_and_skipped(tmp_path):
     (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "response": "b"}\n{not json\n')
     with pytest.raises(Exception, match="broken.jsonl:2: not valid JSON"):
         load_sft_data(tmp_path / "broken.jsonl", CHATML, tok, 64, None, None)
+
+
+def test_a_model_without_chat_template_gets_plain_turns_saved_with_the_result(tmp_path, capsys):
+    """A model Plinth pretrained has no chat template: SFT uses plain User:/Assistant: turns ending at the
+    end-of-document token, and the fine-tuned checkpoint carries that template, so `chat` works on it."""
+    import plinth
+    from plinth.artifacts import TOKENIZER, write_manifest
+    from plinth.models.io import save_model
+
+    torch.manual_seed(0)
+    tok = char_tokenizer()
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    save_model(GPT(preset("test", vocab_size=tok.vocab_size, d_model=32, n_head=2, n_kv_head=2)), folder)
+    tok.save(folder / TOKENIZER)
+    write_manifest(folder)
+    data = _write(tmp_path / "d.jsonl", _qa_rows(10))
+    out = tmp_path / "run"
+    assert main(["finetune", "sft", str(folder), "--data", str(data), "--run.out_dir", str(out), "--run.max_steps",
+                 "2", "--no-run.progress", "--optim.batch_size", "2", "--system.device", "cpu", "--system.compile",
+                 "off", "--samples", "0"]) == 0
+    assert "no chat template: using plain 'User:/Assistant:' turns" in capsys.readouterr().err
+    lm = plinth.load(out, device="cpu")
+    assert lm.settings.chat_template == PLAIN_TEMPLATE and lm.settings.eos_token == "<|endoftext|>"
+    assert lm.chat_prompt([{"role": "user", "content": "hi"}]) == "User: hi\nAssistant:"
+
+
+def test_lora_target_matching_nothing_fails_before_writing(tiny, tmp_path, capsys):
+    pytest.importorskip("peft")
+    assert main(_args(tiny, tmp_path / "r", 2, "--lora.rank", "4", "--lora.targets", "qkv_proj")) == 2
+    err = capsys.readouterr().err
+    assert "lora targets qkv_proj match no layer" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

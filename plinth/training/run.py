@@ -70,7 +70,9 @@ class Objective:
     objectives average correctly under gradient accumulation. `units_in(batch)` is the work a batch carries for
     throughput (tokens, images); `flops_per_unit` the training FLOPs per unit, for MFU (0 = not reported).
     `stop()` (early stopping) is asked after each evaluation and once at resume; a reason string ends the run there,
-    with a checkpoint. Whatever it decides on must live in the batch source's state, so a resume decides alike.
+    with a checkpoint. Whatever it decides on must live in the batch source's state, so a resume decides alike; an
+    objective with `stop` is therefore evaluated before the step's checkpoint, others after it (a failing evaluation
+    then loses no training).
     """
 
     name: str
@@ -314,6 +316,12 @@ def _run(model, objective: Objective, spec: RunSpec, run_dir: Path, ckpt: Path |
 
     early = objective.stop() if objective.stop is not None and ckpt is not None else None
     status, last_val = (f"stopped early: {early}" if early else "completed"), {}
+
+    def evaluate() -> dict[str, float]:
+        scores = objective.evaluate(model)
+        log.log(state.step, tokens=state.tokens, **{f"val_{k}": v for k, v in scores.items()})
+        return scores
+
     session_start, elapsed_before = time.perf_counter(), state.elapsed_s
     window_s, window_units = 0.0, 0  # throughput counts training steps only, not evaluation or checkpoints
     model.train()
@@ -355,17 +363,18 @@ def _run(model, objective: Objective, spec: RunSpec, run_dir: Path, ckpt: Path |
             bar.update(completed=state.step, eta=min(time_left, bar.rate_eta()) if time_left is not None else None)
             last_step = state.step == rc.max_steps or out_of_time or stop["signal"] is not None
             state.elapsed_s = elapsed
-            # Evaluate before checkpointing, so what an evaluation decides (early stopping) is in the checkpoint.
-            if objective.evaluate is not None and ((rc.eval_every and state.step % rc.eval_every == 0) or last_step):
-                last_val = objective.evaluate(model)
-                log.log(state.step, tokens=state.tokens, **{f"val_{k}": v for k, v in last_val.items()})
-                early = objective.stop() if objective.stop is not None else None
+            evaluate_now = objective.evaluate is not None and (
+                (rc.eval_every and state.step % rc.eval_every == 0) or last_step)
+            if evaluate_now and objective.stop is not None:  # evaluate first: its decision goes into the checkpoint
+                last_val, early = evaluate(), objective.stop()
             due = (rc.ckpt_every and state.step % rc.ckpt_every == 0) or last_step or early
             if due and state.bad_steps == 0:  # never inside a streak of non-finite steps
                 checkpoint(state.step)
             elif due and (last_step or early):
                 warn(f"the run ended inside a streak of {state.bad_steps} non-finite steps: no final checkpoint; the "
                      "last one is from before the streak")
+            if evaluate_now and objective.stop is None:  # after the checkpoint: a failing evaluation loses no training
+                last_val = evaluate()
             if early:
                 status = f"stopped early: {early}"
                 break
