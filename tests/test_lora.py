@@ -132,7 +132,7 @@ def test_adapter_file_loads_in_hf_peft_on_the_exported_model(tmp_path):
 # The CLI: LoRA SFT -> adapter -> --adapter on generate / evaluate -> merge -> export -> transformers
 
 
-def test_lora_sft_adapter_merge_export_round_trip(tmp_path, capsys):
+def test_lora_sft_adapter_merge_export_round_trip(tmp_path, capsys, monkeypatch):
     import plinth
     from tests.test_sft import _qa_rows, _tiny_model, _write
 
@@ -156,6 +156,14 @@ def test_lora_sft_adapter_merge_export_round_trip(tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", str(base), "--adapter", str(out / "adapter"), "--chat", "--prompts", "say 3",
                  "--temperature", "0", "--max_new_tokens", "4", "--device", "cpu"]) == 0
+    reply = capsys.readouterr().out.strip()
+    assert reply == with_adapter.chat([{"role": "user", "content": "say 3"}], temperature=0, max_new_tokens=4).strip()
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("say 3\n/quit\n"))
+    assert main(["chat", str(base), "--adapter", str(out / "adapter"), "--temperature", "0", "--max_new_tokens", "4",
+                 "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip() == reply
     assert main(["evaluate", str(base), "--adapter", str(out / "adapter"), "--data", str(data), "--field",
                  "response", "--device", "cpu"]) == 0
     assert main(["adapter", "merge", str(base), "--adapter", str(out / "adapter"), "--out",
@@ -173,3 +181,37 @@ def test_lora_sft_adapter_merge_export_round_trip(tmp_path, capsys):
     assert main(["generate", str(other), "--adapter", str(out / "adapter"), "--prompts", "x"]) == 2
     err = capsys.readouterr().err
     assert "trained on other base weights" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_real_smollm2_lora_sft_merge_export(tmp_path, capsys):
+    """The README's worked example at a tiny budget on the real SmolLM2: 2 LoRA steps on the sotu instruction set,
+    the merged model equal to base + adapter, and transformers reproducing the exported model's logits."""
+    transformers = pytest.importorskip("transformers")
+    import plinth
+    from plinth.pipelines.convert import builtin_model_file
+
+    try:
+        builtin_model_file("smollm2-135m-instruct")
+    except PlinthError as e:
+        pytest.skip(str(e))
+    from pathlib import Path
+
+    base, data = "builtin:smollm2-135m-instruct", Path(__file__).parents[1] / "examples/sft/sotu_presidents.jsonl"
+    out = tmp_path / "run"
+    assert main(["finetune", "sft", base, "--data", str(data), "--lora.rank", "8", "--run.max_steps", "2",
+                 "--optim.batch_size", "2", "--optim.lr", "1e-3", "--max_len", "128", "--samples", "1",
+                 "--sample_tokens", "6", "--run.out_dir", str(out), "--no-run.progress", "--system.compile", "off",
+                 "--system.precision", "fp32", "--val_fraction", "0.02"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["adapter_parameters"] == summary["trainable_parameters"] and summary["adapter_bytes"] < 10e6
+    lm = plinth.load(base, device="cpu", adapter=out / "adapter")
+    ids = torch.tensor([lm.chat_ids([{"role": "user", "content": "Who delivered the 1863 address?"}])])
+    with torch.no_grad():
+        want = lm.model(ids)
+    assert main(["adapter", "merge", base, "--adapter", str(out / "adapter"), "--out", str(tmp_path / "m")]) == 0
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plinth.load(tmp_path / "m", device="cpu").model(ids), want, atol=1e-4, rtol=0)
+        torch.testing.assert_close(hf(ids).logits, want, atol=1e-4, rtol=0)
