@@ -213,5 +213,8 @@ def test_real_smollm2_lora_sft_merge_export(tmp_path, capsys):
     assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 0
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
-        torch.testing.assert_close(plinth.load(tmp_path / "m", device="cpu").model(ids), want, atol=1e-4, rtol=0)
-        torch.testing.assert_close(hf(ids).logits, want, atol=1e-4, rtol=0)
+        merged = plinth.load(tmp_path / "m", device="cpu").model(ids)
+        # fp32 rounding of W + BA through 30 layers: measured max |diff| 1.2e-4 on logits of size ~10 (rel. 2e-5);
+        # the 1e-5 equality is pinned on the tiny model above
+        torch.testing.assert_close(merged, want, atol=5e-4, rtol=1e-4)
+        torch.testing.assert_close(hf(ids).logits, merged, atol=1e-4, rtol=0)
