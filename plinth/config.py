@@ -227,6 +227,7 @@ def to_dict(obj: Any) -> dict:
 
 DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N"
 MODEL_HELP = "run, checkpoint or model folder, Hugging Face folder, .gguf file, or builtin:NAME"
+ADAPTER_HELP = "a LoRA adapter folder (from `plinth finetune sft --lora.rank R`) applied to the model at load"
 
 
 @dataclass
@@ -311,6 +312,25 @@ class SamplingConfig:
                              "tokens always end it)")
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraOptions:
+    """LoRA (low-rank adapters, Hu et al. 2021, through peft): only rank-r matrices beside the targeted layers train."""
+
+    rank: int = _f(0, "LoRA rank r (0 = off: train every weight)", min=0, max=4096)
+    alpha: float = _f(16.0, "LoRA alpha: the update is scaled by alpha / rank", gt=0.0)
+    dropout: float = _f(0.05, "dropout on the LoRA branch's input", min=0.0, lt=1.0)
+    targets: list[str] = _f(list(LORA_TARGETS), "names of the linear layers that get adapters (comma-separated)",
+                            sep=",")
+
+    def check(self) -> None:
+        """At least one target."""
+        if not self.targets:
+            raise PlinthError("lora.targets is empty; name at least one linear layer (e.g. q_proj,v_proj)")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Verbs
 
@@ -388,6 +408,7 @@ class EvaluateConfig:
     batch_size: int = _f(8, "sequences per batch", min=1)
     max_tokens: int = _f(0, "score at most this many tokens (0 = all)", min=0)
     compressors: bool = _f(False, "also report bz2, xz and gzip bits per byte on the same text, as a yardstick")
+    adapter: str = _f("", ADAPTER_HELP)
     device: str = _f("auto", DEVICE_HELP)
 
 
@@ -402,6 +423,7 @@ class GenerateConfig:
     chat: bool = _f(False, "send each prompt as a user message through the model's chat template; print the reply")
     system: str = _f("", "with --chat: a system message before each prompt")
     template: str = _f("", "with --chat: a Jinja chat template file replacing the model's own")
+    adapter: str = _f("", ADAPTER_HELP)
     device: str = _f("auto", DEVICE_HELP)
 
 
@@ -419,6 +441,7 @@ class ChatConfig:
     system: str = _f("", "system message (the template's default when empty); /system TEXT changes it")
     template: str = _f("", "a Jinja chat template file replacing the model's own")
     sampling: SamplingConfig = field(default_factory=_chat_sampling, metadata={"flat": True})
+    adapter: str = _f("", ADAPTER_HELP)
     device: str = _f("auto", DEVICE_HELP)
     server: str = _f("", "chat with a running `plinth serve` (its URL, e.g. http://127.0.0.1:8000) instead of "
                          "loading MODEL here")
@@ -488,6 +511,7 @@ class EvalTasksConfig:
     batch_size: int = _f(16, "sequences per forward pass (answer choices of several examples)", min=1)
     max_new_tokens: int = _f(32, "generation tasks: tokens generated per answer (greedy)", min=1)
     out: str = _f("runs/eval", "folder for the per-task JSON results (TASK.Kshot.json) and summary.json")
+    adapter: str = _f("", ADAPTER_HELP)
     device: str = _f("auto", DEVICE_HELP)
     progress: bool = _f(True, "show progress (a live bar on a terminal, plain lines otherwise)")
 
@@ -563,6 +587,40 @@ class ScalePredictConfig:
     tokens: int = _f(0, "its training tokens (0 = the sweep's largest budget)", min=0)
     run: str = _f("", "check this finished run instead of training one (its config gives N and D)")
     progress: bool = _f(True, "show progress")
+
+
+@dataclass
+class SFTConfig:
+    """Arguments of `plinth finetune sft`: supervised fine-tuning on conversations, loss on assistant tokens only."""
+
+    model: str = _f("", MODEL_HELP, positional=True)
+    data: str = _f("", "JSONL of conversations: messages, prompt/response or instruction/input/output rows")
+    val_data: str = _f("", "held-out JSONL (default: a --val_fraction of --data, chosen by a hash of each row)")
+    val_fraction: float = _f(0.1, "share of rows held out when --val_data is not given", min=0.0, lt=1.0)
+    template: str = _f("", "a Jinja chat template file (default: the model's own; plain User:/Assistant: turns for a "
+                           "model that has none)")
+    max_len: int = _f(0, "tokens per example, longer ones cut (0 = the model's context)", min=0)
+    packing: bool = _f(False, "pack several short examples into each row (attention never crosses examples)")
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    patience: int = _f(0, "early stopping: stop after this many evaluations without a lower held-out loss (0 = off)",
+                       min=0)
+    samples: int = _f(2, "held-out prompts answered (greedy) at each evaluation, saved in samples.jsonl", min=0)
+    sample_tokens: int = _f(48, "tokens generated per sample", min=1)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, warmup_steps=10, weight_decay=0.0,
+                                                                   batch_size=8, min_lr_ratio=0.1))
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/sft", max_steps=200, eval_every=50,
+                                                             ckpt_every=50, eval_batches=8))
+    system: SystemConfig = field(default_factory=SystemConfig)
+
+
+@dataclass
+class AdapterMergeConfig:
+    """Arguments of `plinth adapter merge`: fold a LoRA adapter into its base model -> a plain model folder."""
+
+    model: str = _f("", MODEL_HELP + " (the adapter's base)", positional=True)
+    adapter: str = _f("", "the LoRA adapter folder")
+    out: str = _f("", "the merged model folder to write")
+    force: bool = _f(False, "replace --out if it already exists")
 
 
 def field_names(cls) -> list[str]:

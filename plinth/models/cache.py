@@ -34,6 +34,23 @@ def padded_positions(real: torch.Tensor) -> torch.Tensor:
     return (real.long().cumsum(1) - 1).clamp(min=0)
 
 
+def segment_positions_and_mask(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE positions (B, T) restarting at each segment, and a bool (B, 1, T, T) mask letting a query see only earlier
+    keys of its own segment: several short examples packed into one row then behave exactly as if each ran alone.
+
+    `segment_ids` (B, T) int: consecutive equal values form one segment (padding may be its own segment).
+    """
+    B, T = segment_ids.shape
+    idx = torch.arange(T, device=segment_ids.device)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]  # (B, T) True where a segment begins
+    first = torch.where(starts, idx[None, :], torch.zeros_like(idx)[None, :]).cummax(dim=1).values  # (B, T)
+    positions = idx[None, :] - first  # (B, T) index within its segment
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
+    causal = idx[None, :, None] >= idx[None, None, :]  # (1, T, T)
+    return positions, (same & causal)[:, None]  # (B, 1, T, T)
+
+
 class KVCache:
     """Preallocated keys/values for every layer of a batch of `batch_size` rows, up to `max_len` slots each."""
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plinth.config import PlinthError, option, validate
-from plinth.models.cache import KVCache, attention_mask, padded_positions
+from plinth.models.cache import KVCache, attention_mask, padded_positions, segment_positions_and_mask
 from plinth.models.layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary, rope_scaling_problem
 
 
@@ -150,12 +150,14 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, cache: KVCache | None = None,
                 attention_mask_bt: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final-normed hidden states (B, T, d_model) for token ids (B, T) or embeddings (B, T, d_model).
 
         `cache`: keys/values of earlier tokens; this call's are appended to it. `attention_mask_bt` (B, T), True
         (or 1) for real tokens and False for left padding: pads are hidden from attention and RoPE positions count
-        from each row's first real token. Hidden states at pad positions are meaningless.
+        from each row's first real token. Hidden states at pad positions are meaningless. `segment_ids` (B, T) (training
+        on packed examples, no cache or attention mask): attention stays inside each run of equal ids and RoPE
+        positions restart at each, so packed examples do not see each other.
         """
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, d_model)
         B, T = x.shape[:2]
@@ -169,6 +171,10 @@ class Decoder(nn.Module):
             if B != cache.batch_size:
                 raise PlinthError(f"KV cache holds {cache.batch_size} rows; got a batch of {B}")
             positions, mask = cache.begin(real, T)
+        elif segment_ids is not None:
+            if real is not None:
+                raise ValueError("segment_ids and attention_mask cannot be combined; give padding its own segment")
+            positions, mask = segment_positions_and_mask(segment_ids.to(x.device))
         elif real is not None:
             positions, mask = padded_positions(real), attention_mask(real, 0, T)
         else:
@@ -244,15 +250,17 @@ class GPT(nn.Module):
         return KVCache(c.n_layer, batch_size, c.n_kv_head, max_len, c.head_dim, device or w.device, dtype or w.dtype)
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
-                attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T', vocab) in fp32 for token ids (B, T); T' = T, or the last `logits_to_keep` positions.
 
         Decoding asks for the last position only, so the vocabulary projection (the largest matmul of a small model)
-        runs on one row per sequence instead of all T. See `Decoder.forward` for `cache` and `attention_mask`.
+        runs on one row per sequence instead of all T. See `Decoder.forward` for `cache`, `attention_mask` and
+        `segment_ids` (packed training examples).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}")
-        h = self.model(input_ids, cache=cache, attention_mask_bt=attention_mask)  # (B, T, d_model)
+        h = self.model(input_ids, cache=cache, attention_mask_bt=attention_mask, segment_ids=segment_ids)  # (B, T, d)
         if logits_to_keep:
             h = h[:, -logits_to_keep:]  # (B, logits_to_keep, d_model)
         # fp32 logits even under bf16 autocast: the softmax/cross-entropy over a large vocabulary needs them.

@@ -32,20 +32,30 @@ def pipeline_class(family: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def load(path: str | os.PathLike, device: str = "auto", **kwargs: Any):
+def load(path: str | os.PathLike, device: str = "auto", adapter: str | os.PathLike | None = None, **kwargs: Any):
     """Load a run (its newest verified checkpoint), a checkpoint or a model folder as the pipeline of its family; or a
     foreign language model as a `LanguageModel`: a GGUF file, a Hugging Face folder, or `builtin:NAME`.
 
-    A damaged newest checkpoint is skipped with a warning. Raises PlinthError naming the folder or file at fault.
+    `adapter`: a LoRA adapter folder trained on this model, applied on top (one base, many adapters, chosen here).
+    A damaged newest checkpoint is skipped with a warning. Raises PlinthError naming the folder or file at fault, or
+    when the adapter was trained for another base model.
     """
     from plinth.pipelines.convert import foreign_source, load_foreign
 
     foreign = foreign_source(path)
     if foreign is not None:
-        return load_foreign(foreign, device=device)
-    folder = resolve_checkpoint(path)
-    config = read_model_config(folder)
-    return pipeline_class(type(config).family).from_folder(folder, device=device, **kwargs)
+        pipe = load_foreign(foreign, device=device)
+    else:
+        folder = resolve_checkpoint(path)
+        config = read_model_config(folder)
+        pipe = pipeline_class(type(config).family).from_folder(folder, device=device, **kwargs)
+    if adapter:
+        from plinth.adapt.lora import load_adapter
+
+        device_now = next(pipe.model.parameters()).device
+        load_adapter(pipe.model, adapter)
+        pipe.model.to(device_now).eval()
+    return pipe
 
 
 __all__ = ["PIPELINES", "load", "pipeline_class"]

@@ -22,7 +22,7 @@ import torch
 
 from plinth.artifacts import CHAT_TEMPLATE, MODEL_CONFIG, TOKENIZER, read_json, write_manifest
 from plinth.common import PlinthError, atomic_dir, atomic_write_json, atomic_write_text, count_parameters
-from plinth.config import ExportConfig, ImportConfig, validate
+from plinth.config import AdapterMergeConfig, ExportConfig, ImportConfig, validate
 from plinth.data.tokenizer import Tokenizer
 from plinth.models.io import build_empty, load_state, read_hf_config, read_hf_weights, save_hf, save_model
 from plinth.pipelines.text import LanguageModel, TextSettings
@@ -278,6 +278,35 @@ def import_model(cfg: ImportConfig) -> dict[str, Any]:
     return {"out": str(out), "source": str(source), **f.source, "parameters": count_parameters(f.model),
             "chat_template": f.settings.chat_template is not None, "stop_ids": f.settings.eos_token_ids,
             "files": sorted(p.name for p in out.iterdir())}
+
+
+def write_model_folder(lm: LanguageModel, out: Path, **manifest: Any) -> None:
+    """Write `lm` as a Plinth model folder (weights, config, tokenizer, text settings, manifest), atomically."""
+    with atomic_dir(out) as tmp:
+        save_model(lm.model, tmp)
+        lm.tokenizer.save(tmp / TOKENIZER)
+        lm.settings.write(tmp)
+        write_manifest(tmp, **manifest)
+
+
+def merge_adapter(cfg: AdapterMergeConfig) -> dict[str, Any]:
+    """Load `cfg.model` with the LoRA adapter `cfg.adapter`, fold the adapter into the weights, and write the result as
+    a plain model folder at `cfg.out` (its logits equal base + adapter; `plinth export` then writes it for HF)."""
+    from plinth.adapt.lora import merge_lora
+
+    validate(cfg, "adapter merge")
+    if not cfg.model or not cfg.adapter:
+        raise PlinthError("adapter merge: give the base model and --adapter FOLDER")
+    out = _check_out(cfg.out, cfg.force, "adapter merge")
+    from plinth.pipelines import load
+
+    lm = load(cfg.model, device="cpu", adapter=cfg.adapter)
+    if lm.model.lm_head.weight.dtype != torch.float32:
+        lm.model.float()
+    merge_lora(lm.model)
+    write_model_folder(lm, out, merged={"base": str(cfg.model), "adapter": str(Path(cfg.adapter).resolve())})
+    return {"out": str(out), "base": str(cfg.model), "adapter": str(cfg.adapter),
+            "parameters": count_parameters(lm.model)}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

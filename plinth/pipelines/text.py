@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from plinth.adapt.lora import ADAPTER_CONFIG
 from plinth.artifacts import CHAT_TEMPLATE, CHECKPOINTS, GENERATION, TOKENIZER, read_json
 from plinth.common import PlinthError, atomic_write_json, atomic_write_text, pick_device
 from plinth.config import SamplingConfig, from_dict, suggest, to_dict, validate
@@ -101,7 +102,12 @@ class LanguageModel:
         if not (folder / TOKENIZER).is_file():
             raise PlinthError(f"{folder}: no {TOKENIZER} beside the weights")
         settings = TextSettings.read(folder)
-        model = load_model(folder, device=pick_device(device))
+        if (folder / ADAPTER_CONFIG).is_file():  # a LoRA run's checkpoint: base weights and adapter layers
+            from plinth.adapt.lora import load_lora_checkpoint
+
+            model = load_lora_checkpoint(folder, device=pick_device(device))
+        else:
+            model = load_model(folder, device=pick_device(device))
         tokenizer = Tokenizer.load(folder / TOKENIZER, require_eos=not (folder / GENERATION).is_file())
         return cls(model, tokenizer, folder, settings)
 

@@ -67,6 +67,10 @@ class Objective:
     of extra metrics; the run divides the gradient by the count summed over all micro-batches of a step, so masked
     objectives average correctly under gradient accumulation. `units_in(batch)` is the work a batch carries for
     throughput (tokens, images); `flops_per_unit` the training FLOPs per unit, for MFU (0 = not reported).
+    `stop()` (early stopping) is asked after each evaluation and once at resume; a reason string ends the run there,
+    with a checkpoint. Whatever it decides on must live in the batch source's state, so a resume decides alike; an
+    objective with `stop` is therefore evaluated before the step's checkpoint, others after it (a failing evaluation
+    then loses no training).
     """
 
     name: str
@@ -76,6 +80,7 @@ class Objective:
     units_in: Callable[[Any], int] = lambda batch: int(batch[0].numel())
     unit: str = "tok"
     flops_per_unit: float = 0.0
+    stop: Callable[[], str | None] | None = None  # asked after each evaluation: a reason to end the run early
 
 
 @dataclass
@@ -330,7 +335,15 @@ def _run(model, objective: Objective, spec: RunSpec, par: Parallel, run_dir: Pat
                      "precision": precision, "compiled": compiled.decided, "config": spec.config, "paths": run_paths}
         par.save(run_dir, step, model, optimizer, run_state, spec.assets, rc.keep_checkpoints)
 
-    status, last_val, signum = "completed", {}, None
+    early = objective.stop() if objective.stop is not None and ckpt is not None else None
+    status, last_val, signum = (f"stopped early: {early}" if early else "completed"), {}, None
+
+    def evaluate() -> dict[str, float]:
+        scores = objective.evaluate(model)
+        par.evaluated(model)
+        log.log(state.step, tokens=state.tokens, **{f"val_{k}": v for k, v in scores.items()})
+        return scores
+
     session_start, elapsed_before = time.perf_counter(), state.elapsed_s
     window_s, window_units, window_comm = 0.0, 0, 0.0  # training steps only, not evaluation or checkpoints
     model.train()
@@ -338,7 +351,7 @@ def _run(model, objective: Objective, spec: RunSpec, par: Parallel, run_dir: Pat
                                               enabled=rc.progress and par.is_main,
                                               interval=rc.progress_seconds) as bar:
         bar.start_at(state.step)
-        while state.step < rc.max_steps:
+        while not early and state.step < rc.max_steps:
             lr = lr_at(schedule_step(state.step, rc, state.elapsed_s), optim.lr, warmup, rc.max_steps,
                        optim.min_lr_ratio)
             for group in optimizer.param_groups:
@@ -383,16 +396,21 @@ def _run(model, objective: Objective, spec: RunSpec, par: Parallel, run_dir: Pat
             bar.update(completed=state.step, eta=min(time_left, bar.rate_eta()) if time_left is not None else None)
             last_step = state.step == rc.max_steps or out_of_time or signum is not None
             state.elapsed_s = elapsed
-            due = (rc.ckpt_every and state.step % rc.ckpt_every == 0) or last_step
+            evaluate_now = objective.evaluate is not None and (
+                (rc.eval_every and state.step % rc.eval_every == 0) or last_step)
+            if evaluate_now and objective.stop is not None:  # evaluate first: its decision goes into the checkpoint
+                last_val, early = evaluate(), objective.stop()
+            due = (rc.ckpt_every and state.step % rc.ckpt_every == 0) or last_step or early
             if due and state.bad_steps == 0:  # never inside a streak of non-finite steps
                 checkpoint(state.step)
-            elif due and last_step:
+            elif due and (last_step or early):
                 warn(f"the run ended inside a streak of {state.bad_steps} non-finite steps: no final checkpoint; the "
                      "last one is from before the streak")
-            if objective.evaluate is not None and ((rc.eval_every and state.step % rc.eval_every == 0) or last_step):
-                last_val = objective.evaluate(model)
-                par.evaluated(model)
-                log.log(state.step, tokens=state.tokens, **{f"val_{k}": v for k, v in last_val.items()})
+            if evaluate_now and objective.stop is None:  # after the checkpoint: a failing evaluation loses no training
+                last_val = evaluate()
+            if early:
+                status = f"stopped early: {early}"
+                break
             if signum is not None:
                 status = f"stopped by signal {signal.Signals(signum).name}"
                 break
