@@ -163,10 +163,20 @@ def plot_loss_curve(rows: list[dict], path: str | os.PathLike, title: str = "los
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: float | None = None) -> Path:
+    """Write a matplotlib figure as PNG atomically (temp file + rename, so a kill never leaves half a picture), close
+    it, and return the path. Every report plot goes through here."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
     os.replace(tmp, path)
     return path

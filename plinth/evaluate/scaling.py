@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from plinth.common import PlinthError
+from plinth.runlog import save_figure
 
 # Hoffmann et al. (2022), approach 3 as published: L(N, D) = 1.69 + 406.4 N^-0.34 + 410.7 D^-0.28 (N: all
 # parameters; their tokenizer and data). Besiroglu et al. (2024, "Chinchilla scaling: a replication attempt") refit
@@ -227,7 +228,7 @@ def plot_sweep(rows: list[dict[str, Any]], fit_n: dict[str, Any] | None, fit_nd:
     ax_opt.set(xscale="log", yscale="log", xlabel="compute C = 6ND (FLOPs)", ylabel="compute-optimal N",
                title="compute-optimal model size")
     ax_opt.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_probes(rows: list[dict[str, Any]], probes: Sequence[str], path: str | Path) -> Path:
@@ -252,18 +253,4 @@ def plot_probes(rows: list[dict[str, Any]], probes: Sequence[str], path: str | P
     axes[2].plot([r["N"] for r in rows], [r["val_loss"] for r in rows], "o-k")
     axes[2].set(xscale="log", yscale="log", xlabel="non-embedding parameters N", ylabel="validation loss",
                 title="loss, same runs")
-    return _save(fig, path)
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    import os
-
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

@@ -27,7 +27,7 @@ from plinth.data.image_prep import ImageSet, prepare_images
 from plinth.data.image_sources import SHAPES_UNSEEN
 from plinth.evaluate.vision import linear_probe, retrieval, zero_shot
 from plinth.pipelines import load
-from plinth.runlog import read_metrics
+from plinth.runlog import read_metrics, save_figure
 from plinth.training.contrastive import train_clip
 
 UNSEEN = {"shapes": list(SHAPES_UNSEEN), "digits": ["eight", "nine"], "mnist": ["eight", "nine"],
@@ -152,10 +152,7 @@ def _plot(r: dict[str, Any], metrics: list[dict], path: Path, cfg: ClipQuickstar
     ax2.set_ylabel("top-1 accuracy")
     ax2.set_title(f"{cfg.model} on builtin:{cfg.images}")
     ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _write_report(out: Path, cfg: ClipQuickstartConfig, images: ImageSet, summary: dict, r: dict[str, Any],
