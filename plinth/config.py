@@ -466,6 +466,8 @@ class ServeConfig:
     timeout: float = _f(600.0, "seconds a request may take, queueing included (then 504)", gt=0.0)
     max_body_bytes: int = _f(1_000_000, "largest request body accepted (then 413)", min=1024)
     cors_origins: list[str] = _f([], "origins allowed to call from a browser (CORS is off when empty)")
+    adapter: list[str] = _f([], "LoRA adapters served beside the base, each as NAME=DIR (a folder from `plinth "
+                                "finetune ... --lora.rank R`, trained on this model); a request picks one by `model`")
     drain_seconds: float = _f(30.0, "on SIGTERM/Ctrl-C: seconds to let running requests finish", min=0.0)
     threads: int = _f(0, "torch CPU threads (0: torch's default)", min=0)
     device: str = _f("auto", DEVICE_HELP)

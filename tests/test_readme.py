@@ -125,11 +125,11 @@ def _start_server(argv: list[str], cwd: Path) -> subprocess.Popen:
 def _run_commands(cmds: list[str], cwd: Path, model: str = BUILTIN) -> list[str]:
     """Run README commands in order, each with its budget cut; `builtin:smollm2-...` replaced by `model`. `plinth
     serve` runs in the background (on a free port instead of 8000) until the commands are done, then gets SIGTERM."""
-    ran, servers, port = [], [], _free_port()
+    ran, servers, ports = [], [], {}  # each README port (8000, 8001, ...) -> a free one here
     try:
         for cmd in cmds:
-            argv = [model if word == BUILTIN else word.replace(":8000", f":{port}")
-                    for word in shlex.split(cmd.replace("--port 8000", f"--port {port}"))]
+            cmd = re.sub(r"(--port |:)(80\d\d)\b", lambda m: m[1] + ports.setdefault(m[2], _free_port()), cmd)
+            argv = [model if word == BUILTIN else word for word in shlex.split(cmd)]
             if argv[0] in (".", "source") or argv[0].startswith("scripts/") or argv[1:3] == ["quickstart", "clip"]:
                 # activation, the set-up scripts (tested below) and the second quickstart (tests/test_vision_verbs.py)
                 continue
@@ -148,6 +148,7 @@ def _run_commands(cmds: list[str], cwd: Path, model: str = BUILTIN) -> list[str]
             elif verb == "curl":
                 reply = json.loads(_run(argv, cwd).stdout)
                 assert reply["object"] == "chat.completion" and reply["choices"][0]["finish_reason"]
+                assert reply["model"] == json.loads(argv[argv.index("-d") + 1])["model"]
             else:
                 _run([str(BIN / argv[0]), *argv[1:], *TINY.get(verb, [])], cwd, CHAT_INPUT if verb == "chat" else "")
             if verb == "chat":  # two replies, then /save wrote the conversation

@@ -167,12 +167,15 @@ def read_adapter_options(folder: str | os.PathLike, weights: bool = True) -> Lor
     return opts
 
 
-def load_adapter(model: nn.Module, folder: str | os.PathLike, check_base: bool = True) -> nn.Module:
-    """Apply the LoRA adapter saved in `folder` to `model` (its base) in place; returns `model`.
+def read_adapter(model: nn.Module, folder: str | os.PathLike, check_base: bool = True
+                 ) -> tuple[LoraOptions, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """The LoRA adapter saved in `folder`, checked against `model` (its base): its options and, per adapted layer
+    (module path, e.g. `model.layers.0.self_attn.q_proj`), the pair (A (r, in_features), B (out_features, r)) in fp32
+    on the CPU. The layer's update is `B @ A * alpha / r` (Hu et al. 2021, "LoRA", eq. 3).
 
-    Raises PlinthError when the folder is not an adapter, was trained on another base model (config or weights
+    Raises PlinthError when the folder is not an adapter, was trained for another base model (config or weights
     fingerprint differ; `check_base=False` skips the weights check for adapters from elsewhere), or its tensors do
-    not fit the model.
+    not fit the model's layers.
     """
     import safetensors.torch
 
@@ -193,15 +196,50 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike, check_base: bool =
         tensors = safetensors.torch.load_file(str(folder / ADAPTER_WEIGHTS), device="cpu")
     except Exception as e:
         raise PlinthError(f"{folder / ADAPTER_WEIGHTS}: cannot read safetensors weights ({e})") from None
+    modules = dict(model.named_modules())
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    bad = []
+    for key in tensors:
+        name = key.removeprefix(_PREFIX)
+        for part in (".lora_A.weight", ".lora_B.weight"):
+            if name.endswith(part):
+                layer = name.removesuffix(part).replace(".base_layer", "")
+                break
+        else:
+            bad.append(key)
+            continue
+        if layer in pairs:
+            continue
+        a, b = tensors.get(_PREFIX + layer + ".lora_A.weight"), tensors.get(_PREFIX + layer + ".lora_B.weight")
+        linear = modules.get(layer)
+        linear = getattr(linear, "base_layer", linear)
+        if (a is None or b is None or not isinstance(linear, nn.Linear) or a.shape != (opts.rank, linear.in_features)
+                or b.shape != (linear.out_features, opts.rank)):
+            bad.append(key)
+            continue
+        pairs[layer] = (a.float(), b.float())
+    if bad or not pairs:
+        raise PlinthError(f"{folder / ADAPTER_WEIGHTS}: adapter tensors do not fit this model ({len(bad)} names or "
+                          f"shapes differ{', e.g. ' + bad[0] if bad else ''})")
+    return opts, pairs
+
+
+def load_adapter(model: nn.Module, folder: str | os.PathLike, check_base: bool = True) -> nn.Module:
+    """Apply the LoRA adapter saved in `folder` to `model` (its base) in place, through peft; returns `model`.
+
+    Raises PlinthError as `read_adapter` does.
+    """
+    opts, pairs = read_adapter(model, folder, check_base)
     apply_lora(model, LoraOptions(rank=opts.rank, alpha=opts.alpha, dropout=0.0, targets=opts.targets))
     state = model.state_dict()
-    expected = {k: v for k, v in state.items() if "lora_" in k}
-    got = {k.removeprefix(_PREFIX).replace(".lora_A.weight", ".lora_A.default.weight")
-           .replace(".lora_B.weight", ".lora_B.default.weight"): v for k, v in tensors.items()}
-    bad = sorted(set(expected) ^ set(got)) + [k for k in expected if k in got and got[k].shape != expected[k].shape]
+    expected = {k for k in state if "lora_" in k}
+    got = {}
+    for layer, (a, b) in pairs.items():
+        got[layer + ".lora_A.default.weight"], got[layer + ".lora_B.default.weight"] = a, b
+    bad = sorted(expected ^ set(got))
     if bad:
-        raise PlinthError(f"{folder / ADAPTER_WEIGHTS}: adapter tensors do not fit this model ({len(bad)} names or "
-                          f"shapes differ, e.g. {bad[0]})")
+        raise PlinthError(f"{Path(folder) / ADAPTER_WEIGHTS}: adapter tensors do not fit this model ({len(bad)} "
+                          f"names differ, e.g. {bad[0]})")
     with torch.no_grad():
         for k, v in got.items():
             state[k].copy_(v)

@@ -112,7 +112,9 @@ def _flag_value(owner: Any, field_name: str, tp: Any, values: list[str], where: 
     return values[0]
 
 
-def _apply_flag(obj: Any, name: str, values: list[str], prog: str) -> None:
+def _apply_flag(obj: Any, name: str, values: list[str], prog: str, seen: set | None = None) -> None:
+    """Set one `--name values` flag on `obj`; a list field given twice (`--adapter a=x --adapter b=y`) collects both
+    (`seen` holds the list fields set so far), any other field takes the last value."""
     negate = name.startswith(("no-", "no_"))
     try:
         owner, field_name, tp, key = _resolve(obj, name, prog)
@@ -130,7 +132,12 @@ def _apply_flag(obj: Any, name: str, values: list[str], prog: str) -> None:
             raise PlinthError(f"{where} expects one value, got {len(values)}")
         getattr(owner, field_name)[key] = values[0]
         return
-    setattr(owner, field_name, coerce(_flag_value(owner, field_name, tp, values, f"--{name}"), tp, where))
+    value = coerce(_flag_value(owner, field_name, tp, values, f"--{name}"), tp, where)
+    if isinstance(value, list) and seen is not None:
+        if (id(owner), field_name) in seen:
+            value = list(getattr(owner, field_name)) + value
+        seen.add((id(owner), field_name))
+    setattr(owner, field_name, value)
 
 
 def parse(cls, argv: list[str], prog: str = "plinth") -> Any:
@@ -157,9 +164,10 @@ def parse(cls, argv: list[str], prog: str = "plinth") -> Any:
         if typing.get_origin(unwrap_optional(tp)[0]) is not list and len(bare) > 1:
             raise PlinthError(f"{prog}: takes one {pos.name}, got {len(bare)}: {' '.join(bare)}")
         setattr(obj, pos.name, coerce(bare if len(bare) > 1 else bare[0], tp, f"{prog}: {pos.name}"))
+    seen: set = set()
     for name, values in flags:
         if name != "config":
-            _apply_flag(obj, name, values, prog)
+            _apply_flag(obj, name, values, prog, seen)
     validate(obj, prog)
     return obj
 

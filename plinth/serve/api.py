@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from plinth.adapt.multi_lora import attach_adapters
 from plinth.common import PlinthError
 from plinth.pipelines.text import LanguageModel
 from plinth.serve.engine import EmbedRequest, Engine, QueueFull
@@ -57,12 +58,21 @@ class ServeOptions:
     max_body_bytes: int = 1_000_000
     cors_origins: tuple[str, ...] = ()
     retry_after: int = 1  # seconds, in a 429's Retry-After
+    adapters: tuple[tuple[str, str], ...] = ()  # (name, folder) of each LoRA adapter, served under its own name
 
 
 def create_app(lm: LanguageModel, options: ServeOptions | None = None, engine: Engine | None = None) -> FastAPI:
     """The FastAPI app serving `lm`; the engine thread starts and stops with the app's lifespan."""
     opts = options or ServeOptions()
-    engine = engine or Engine(lm.model, opts.max_batch, opts.max_queue, opts.prefill_chunk, opts.max_len or None)
+    adapters = None
+    if opts.adapters:
+        names = [n for n, _ in opts.adapters]
+        if opts.name in names or len(set(names)) < len(names):
+            raise PlinthError(f"adapter names must be distinct and differ from the model's ({opts.name!r}): "
+                              f"{', '.join(names)}")
+        adapters = attach_adapters(lm.model, dict(opts.adapters))
+    engine = engine or Engine(lm.model, opts.max_batch, opts.max_queue, opts.prefill_chunk, opts.max_len or None,
+                              adapters)
     metrics = Metrics(engine)
     server = _Server(lm, engine, opts, metrics)
 
@@ -80,7 +90,7 @@ def create_app(lm: LanguageModel, options: ServeOptions | None = None, engine: E
     app.add_middleware(Guard, api_key=opts.api_key, max_body_bytes=opts.max_body_bytes, metrics=metrics,
                        cors_origins=opts.cors_origins)
 
-    _publish_limits(app, opts.name, engine.max_len)
+    _publish_limits(app, [opts.name, *(n for n, _ in opts.adapters)], engine.max_len)
 
     @app.exception_handler(ClientError)
     async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
@@ -107,14 +117,14 @@ def create_app(lm: LanguageModel, options: ServeOptions | None = None, engine: E
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        """The served model."""
-        return {"object": "list", "data": [server.model_card()]}
+        """The served model, then its LoRA adapters (each with `parent`: the base model's name)."""
+        return {"object": "list", "data": [server.model_card(n) for n in server.names]}
 
     @app.get("/v1/models/{model_id}")
     async def model(model_id: str) -> dict[str, Any]:
         """One model by name."""
         server.check_model(model_id)
-        return server.model_card()
+        return server.model_card(model_id)
 
     @app.get("/tokenizer_info")
     async def tokenizer_info() -> dict[str, Any]:
@@ -156,7 +166,7 @@ def create_app(lm: LanguageModel, options: ServeOptions | None = None, engine: E
     return app
 
 
-def _publish_limits(app: FastAPI, name: str, max_len: int) -> None:
+def _publish_limits(app: FastAPI, names: list[str], max_len: int) -> None:
     """Put what this server accepts into its OpenAPI document: `model` is the served name, token counts are bounded
     by the context (clients and schema-driven fuzzers then send what can succeed)."""
     build = app.openapi
@@ -166,7 +176,7 @@ def _publish_limits(app: FastAPI, name: str, max_len: int) -> None:
             schema = build()
             for props in (c.get("properties", {}) for c in schema.get("components", {}).get("schemas", {}).values()):
                 if "model" in props:
-                    props["model"] = {"type": "string", "enum": [name], "title": "Model"}
+                    props["model"] = {"type": "string", "enum": names, "title": "Model"}
                 for field in ("max_tokens", "max_completion_tokens"):
                     for option in props.get(field, {}).get("anyOf", [props.get(field, {})]):
                         if option.get("type") == "integer":
@@ -205,15 +215,23 @@ class _Server:
         self.lm, self.engine, self.opts, self.metrics = lm, engine, opts, metrics
         self.created = int(time.time())
         self.fingerprint = f"plinth-{lm.config.n_layer}l-{lm.config.d_model}d"
+        self.names = [opts.name, *(n for n, _ in opts.adapters)]  # index i: adapter i of the engine (0: the base)
 
-    def model_card(self) -> dict[str, Any]:
-        return {"id": self.opts.name, "object": "model", "created": self.created, "owned_by": "plinth",
+    def model_card(self, name: str) -> dict[str, Any]:
+        card = {"id": name, "object": "model", "created": self.created, "owned_by": "plinth",
                 "max_model_len": self.engine.max_len}
-
-    def check_model(self, name: str) -> None:
         if name != self.opts.name:
-            raise ClientError(404, f"the model {name!r} does not exist; this server serves {self.opts.name!r}",
-                              "model", "model_not_found")
+            card["parent"] = card["root"] = self.opts.name  # vLLM's fields for a LoRA adapter on a base
+        return card
+
+    def check_model(self, name: str) -> int:
+        """The engine's adapter index for a `model` field (0: the base); 404 for a name this server does not serve."""
+        try:
+            return self.names.index(name)
+        except ValueError:
+            served = ", ".join(repr(n) for n in self.names)
+            raise ClientError(404, f"the model {name!r} does not exist; this server serves {served}",
+                              "model", "model_not_found") from None
 
     def _common(self, body: Any) -> None:
         self.check_model(body.model)
@@ -237,7 +255,7 @@ class _Server:
         return Params(max_tokens=budget if max_tokens is None else max_tokens, temperature=temperature,
                        top_k=body.top_k or 0, top_p=top_p, seed=body.seed, presence=body.presence_penalty,
                        frequency=body.frequency_penalty, stop=[s for s in stop if s], logprobs=logprobs,
-                      ignore_eos=body.ignore_eos)
+                      ignore_eos=body.ignore_eos, adapter=self.check_model(body.model))
 
     # ------------------------------------------------------------------------------------------------------------------
 
@@ -309,7 +327,7 @@ class _Server:
         return await fmt.whole(run)
 
     async def embeddings(self, body: EmbeddingRequest, request: Request) -> Any:
-        self.check_model(body.model)
+        adapter = self.check_model(body.model)
         inputs = body.input
         if isinstance(inputs, str):
             rows = [self.lm.encode(inputs)]
@@ -336,7 +354,7 @@ class _Server:
                 loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result((vec, err)))
 
             try:
-                jobs.append(self.engine.embed(EmbedRequest(row, done)))
+                jobs.append(self.engine.embed(EmbedRequest(row, done, adapter=adapter)))
             except QueueFull as e:
                 for j in jobs:
                     j.cancel()
@@ -357,5 +375,5 @@ class _Server:
             data.append({"object": "embedding", "index": i, "embedding": emb})
         n = sum(len(r) for r in rows)
         self.metrics.prompt_tokens.inc(n)
-        return {"object": "list", "data": data, "model": self.opts.name,
+        return {"object": "list", "data": data, "model": body.model,
                 "usage": {"prompt_tokens": n, "total_tokens": n}}

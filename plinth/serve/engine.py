@@ -75,6 +75,7 @@ class Request:
     logprobs: int | None = None  # None: no log-probabilities; k >= 0: the chosen token's and k alternatives
     prompt_logprobs: int | None = None  # the same for the prompt's tokens
     deadline: float | None = None  # time.monotonic() after which the sequence ends with reason 'timeout'
+    adapter: int = 0  # the LoRA adapter this sequence decodes with (index in the engine's AdapterSet; 0: the base)
 
 
 @dataclass
@@ -84,6 +85,7 @@ class EmbedRequest:
     ids: list[int]
     on_done: Callable[[list[float] | None, str], None]
     cancelled: bool = False
+    adapter: int = 0
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -121,14 +123,18 @@ class Engine:
     """Continuous batching over a `GPT`-like decoder (`config`, `new_cache`-free: the engine makes a SlotCache).
 
     `max_batch` rows decode together; `max_queue` sequences may wait for a row (`submit` raises QueueFull beyond);
-    `max_len` bounds prompt + generated tokens per sequence (default: the model's context).
+    `max_len` bounds prompt + generated tokens per sequence (default: the model's context). `adapters`: the LoRA
+    adapters attached to `model` (`adapt.multi_lora.attach_adapters`); each request names its own (`Request.adapter`)
+    and rows with different adapters decode in the same step.
     """
 
     def __init__(self, model: torch.nn.Module, max_batch: int = 16, max_queue: int = 256, prefill_chunk: int = 128,
-                 max_len: int | None = None) -> None:
+                 max_len: int | None = None, adapters: Any = None) -> None:
         if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
             raise PlinthError("engine: max_batch and prefill_chunk must be >= 1, max_queue >= 0")
         self.model = model.eval()
+        self.adapters = adapters
+        self.n_adapters = len(adapters.names) if adapters is not None else 0
         c = model.config
         self.max_len = min(max_len or c.seq_len, c.seq_len)
         self.vocab_size = c.vocab_size
@@ -176,6 +182,8 @@ class Engine:
                               f"{self.max_len} tokens")
         if any(not 0 <= t < self.vocab_size for t in req.prompt):
             raise PlinthError(f"prompt token ids must be in [0, {self.vocab_size})")
+        if not 0 <= req.adapter <= self.n_adapters:
+            raise PlinthError(f"adapter {req.adapter} does not exist (this engine has {self.n_adapters})")
         seed = req.seed if req.seed is not None else secrets.randbits(62)
         seq = _Seq(req, torch.Generator(device=self.device).manual_seed(seed))
         with self._cv:
@@ -191,6 +199,8 @@ class Engine:
         """Queue token ids for an embedding (their mean final hidden state, L2-normalised)."""
         if not req.ids or len(req.ids) > self.max_len:
             raise PlinthError(f"an input to embed must have 1 to {self.max_len} tokens, not {len(req.ids)}")
+        if not 0 <= req.adapter <= self.n_adapters:
+            raise PlinthError(f"adapter {req.adapter} does not exist (this engine has {self.n_adapters})")
         with self._cv:
             if len(self._waiting) + len(self._embeds) >= self.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests are waiting already")
@@ -267,6 +277,7 @@ class Engine:
                 continue
             try:
                 ids = torch.tensor([job.ids], device=self.device)
+                self._select([job.adapter])
                 hidden = self.model.model(ids)[0].float()  # (T, d_model): the final-normed hidden states
                 vec = hidden.mean(0)
                 vec = vec / vec.norm().clamp(min=1e-12)
@@ -291,6 +302,7 @@ class Engine:
             scores = seq.req.prompt_logprobs is not None
             view = self.cache.prefill(row, T)
             ids = torch.tensor([chunk], device=self.device)
+            self._select([seq.req.adapter])
             logits = self.model(ids, cache=view, logits_to_keep=0 if scores else 1)[0]  # (T or 1, V)
             if scores:
                 self._score_prompt(seq, logits)
@@ -333,9 +345,15 @@ class Engine:
             return
         view = self.cache.decode(n)
         ids = torch.tensor([[s.last] for s in rows], device=self.device)  # (n, 1)
+        self._select([s.req.adapter for s in rows])
         logits = self.model(ids, cache=view, logits_to_keep=1)[:, -1]  # (n, V)
         self.steps += 1
         self._emit(rows, logits)
+
+    def _select(self, adapters: list[int]) -> None:
+        """Route each row of the next forward pass through its sequence's adapter."""
+        if self.adapters is not None:
+            self.adapters.select(adapters)
 
     def _emit(self, seqs: list[_Seq], logits: torch.Tensor) -> None:
         """Sample the next token of each sequence from its logits row (n, V); send events; finish the done ones."""

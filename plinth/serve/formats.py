@@ -58,7 +58,7 @@ class _Format:
         self.tokenizer = server.lm.tokenizer
 
     def _head(self, obj: str) -> dict[str, Any]:
-        return {"id": self.rid, "object": obj, "created": self.created, "model": self.server.opts.name,
+        return {"id": self.rid, "object": obj, "created": self.created, "model": self.body.model,
                 "system_fingerprint": self.server.fingerprint}
 
     def token_text(self, token_id: int) -> str:

@@ -44,6 +44,7 @@ class Params:
     logprobs: int | None  # None: off; k: chosen + k alternatives
     ignore_eos: bool = False
     prompt_logprobs: int | None = None
+    adapter: int = 0  # the engine's index of the LoRA adapter the request names (0: the base model)
 
 
 def busy(retry_after: int, e: Exception) -> ClientError:
@@ -89,7 +90,7 @@ class Run:
                 seed = None if p.seed is None else p.seed + i
                 stop_ids = frozenset() if p.ignore_eos else lm.stop_ids
                 req = EngineRequest(ids, p.max_tokens, on_event, p.temperature, p.top_k, p.top_p, seed, p.presence,
-                                    p.frequency, stop_ids, p.logprobs, p.prompt_logprobs, deadline)
+                                    p.frequency, stop_ids, p.logprobs, p.prompt_logprobs, deadline, p.adapter)
                 self.handles.append(server.engine.submit(req))
         except QueueFull as e:
             self.cancel()

@@ -45,7 +45,21 @@ def options_from(cfg: ServeConfig):
     return ServeOptions(name=served_name(cfg), api_key=cfg.api_key or os.environ.get("PLINTH_API_KEY", ""),
                         max_batch=cfg.max_batch, max_queue=cfg.max_queue, prefill_chunk=cfg.prefill_chunk,
                         max_len=cfg.max_len, timeout=cfg.timeout, max_body_bytes=cfg.max_body_bytes,
-                        cors_origins=tuple(cfg.cors_origins))
+                        cors_origins=tuple(cfg.cors_origins), adapters=adapter_pairs(cfg.adapter))
+
+
+def adapter_pairs(specs: list[str]) -> tuple[tuple[str, str], ...]:
+    """`NAME=DIR` words -> ((name, dir), ...); PlinthError naming the word that is not of that form."""
+    pairs = []
+    for spec in specs:
+        name, eq, folder = spec.partition("=")
+        if not eq or not name.strip() or not folder.strip():
+            raise PlinthError(f"--adapter {spec!r}: write NAME=DIR (the name requests use as `model`, then the "
+                              "adapter folder)")
+        if not Path(folder).is_dir():
+            raise PlinthError(f"--adapter {spec!r}: {folder} is not a folder")
+        pairs.append((name.strip(), folder))
+    return tuple(pairs)
 
 
 def serve(cfg: ServeConfig) -> int:
@@ -77,7 +91,8 @@ def serve(cfg: ServeConfig) -> int:
     engine = app.state.server.engine
     c, w = lm.config, next(lm.model.parameters())
     kv_max = 2 * c.n_layer * c.n_kv_head * c.head_dim * w.element_size() * engine.max_len * cfg.max_batch
-    print(f"serving {opts.name!r} at http://{host}:{port}/v1 (API key {key}; batch {cfg.max_batch}, "
+    served = ", ".join(repr(n) for n in app.state.server.names)
+    print(f"serving {served} at http://{host}:{port}/v1 (API key {key}; batch {cfg.max_batch}, "
           f"queue {cfg.max_queue}, context {engine.max_len}, KV cache at most {kv_max / 2**20:.0f} MiB)",
           file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=int(cfg.drain_seconds) or None,
