@@ -278,3 +278,27 @@ def test_model_config_from_dict():
         config_from_dict({**vars(cfg), "d_model": 64.0}, "config.json")
     with pytest.raises(PlinthError, match="unknown model family 'nosuchfamily'"):
         config_from_dict({**vars(cfg), "family": "nosuchfamily"}, "config.json")
+
+
+def test_linear_one_row_product_on_every_thread_equals_nn_linear():
+    """The decode-time split of a one-row product across threads (layers.Linear) gives nn.Linear's values, with and
+    without a bias, for one row in any leading shape; with gradients on it is nn.Linear itself."""
+    from plinth.models.layers import Linear
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        for bias in (False, True):
+            layer = Linear(48, 64, bias=bias)
+            for shape in ((48,), (1, 48), (1, 1, 48), (3, 48)):
+                x = torch.randn(shape)
+                with torch.no_grad():
+                    got = layer(x)
+                want = torch.nn.functional.linear(x, layer.weight, layer.bias)
+                assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6, rtol=0)
+        y = layer(torch.randn(1, 48, requires_grad=True))
+        y.sum().backward()
+        assert layer.weight.grad is not None
+    finally:
+        torch.set_num_threads(threads)

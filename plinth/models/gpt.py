@@ -18,7 +18,7 @@ from torch import nn
 
 from plinth.config import PlinthError, option, validate
 from plinth.models.cache import KVCache, attention_mask, padded_positions, segment_positions_and_mask
-from plinth.models.layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary, rope_scaling_problem
+from plinth.models.layers import Linear, RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary, rope_scaling_problem
 
 
 @dataclass
@@ -86,10 +86,10 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         bias = config.attention_bias or config.qkv_bias
-        self.q_proj = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.attention_bias)
+        self.q_proj = Linear(config.d_model, self.n_head * self.head_dim, bias=bias)
+        self.k_proj = Linear(config.d_model, self.n_kv_head * self.head_dim, bias=bias)
+        self.v_proj = Linear(config.d_model, self.n_kv_head * self.head_dim, bias=bias)
+        self.o_proj = Linear(self.n_head * self.head_dim, config.d_model, bias=config.attention_bias)
 
     def _projections(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Rotated queries (B, n_head, T, hd), rotated keys and values (B, n_kv_head, T, hd).
@@ -198,7 +198,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.model = Decoder(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         self.tie_weights()
         self.init_weights()
 
