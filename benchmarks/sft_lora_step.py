@@ -10,8 +10,10 @@ nothing: it includes the ~0.5 GB of Python + torch + loaded weights every setup 
 does: forward on a batch of 4 rows x 256 tokens, loss summed over assistant tokens, backward, AdamW step, zero_grad.
 Data: rows of examples/sft/sotu_presidents.jsonl rendered with the model's chat template, packed into 256-token rows
 (Plinth's SFT batches), attended with plain causal attention in every setup (transformers has no segment ids; Plinth's
-block-diagonal mask is not timed here); the transformers setup gets the very same (x, y) tensors and its loss is
-computed the same way. LoRA: rank 16, alpha 32, dropout 0.05, all seven projection matrices.
+block-diagonal mask is not timed here); the transformers setup gets the very same (x, y) tensors. Each side's loss is
+what its training computes: Plinth's `sft_loss` (logits at the assistant positions only), transformers' logits at
+every position then the cross-entropy masked to the assistant positions (the same value).
+LoRA: rank 16, alpha 32, dropout 0.05, all seven projection matrices.
 fp32 on CPU, no torch.compile (both eager).
 """
 
@@ -54,18 +56,20 @@ def run_setup(name: str, warmup: int, steps: int) -> dict:
     from plinth.adapt.lora import apply_lora
     from plinth.config import LoraOptions
     from plinth.training.optim import make_adamw
+    from plinth.training.sft import sft_loss
 
     torch.manual_seed(0)
     lm = plinth.load("builtin:smollm2-135m-instruct", device="cpu")
     x, y, _ = _batch(lm)
     model = lm.model.float().train()
     opts = LoraOptions(rank=16, alpha=32.0, dropout=0.05)
+    seg = torch.zeros(0, dtype=torch.long)  # plain causal attention (see the module docstring)
     if name == "plinth-lora":
         apply_lora(model, opts)
-        forward = lambda: model(x)  # noqa: E731
+        loss_fn = lambda: sft_loss(model, (x, y, seg))[0]  # noqa: E731
     elif name == "plinth-full":
         model.requires_grad_(True)
-        forward = lambda: model(x)  # noqa: E731
+        loss_fn = lambda: sft_loss(model, (x, y, seg))[0]  # noqa: E731
     else:
         import peft
         import transformers
@@ -81,14 +85,15 @@ def run_setup(name: str, warmup: int, steps: int) -> dict:
         model = peft.get_peft_model(hf, peft.LoraConfig(r=opts.rank, lora_alpha=opts.alpha,
                                                         lora_dropout=opts.dropout, target_modules=opts.targets))
         model.train()
-        forward = lambda: model(input_ids=x).logits  # noqa: E731
+        # what a transformers + peft SFT loop computes: the logits at every position, then the masked loss
+        loss_fn = lambda: F.cross_entropy(model(input_ids=x).logits.flatten(0, 1).float(), y.flatten(),  # noqa: E731
+                                          ignore_index=-100, reduction="sum")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     opt = make_adamw(model, 1e-4, 0.0, (0.9, 0.95))
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        logits = forward()
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100, reduction="sum")
+        loss = loss_fn()
         (loss / (y != -100).sum()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -61,10 +61,10 @@ def test_prompt_tokens_get_zero_gradient_and_the_first_response_token_is_trained
     x, y, seg = collate([ex], pad_id=0)
     captured = {}
 
-    def wrapped(ids, segment_ids=None):
+    def wrapped(ids, segment_ids=None, logits_at=None):  # the full logits, kept to read their gradient
         captured["logits"] = model(ids)
         captured["logits"].retain_grad()
-        return captured["logits"]
+        return captured["logits"] if logits_at is None else captured["logits"][logits_at]
 
     loss, count, _ = sft_loss(wrapped, (x, y, seg))
     loss.backward()
@@ -76,6 +76,12 @@ def test_prompt_tokens_get_zero_gradient_and_the_first_response_token_is_trained
     assert torch.all(grad[: first - 1] == 0) and torch.all(grad[first - 1: first - 1 + n] > 0)
     assert torch.all(grad[first - 1 + n:] == 0)
     assert y[0, first - 1] == ex.ids[first] and y[0, first - 2] == IGNORE_INDEX
+    # the model's own selection gives the same logits and loss as masking the full (B, T, vocab) tensor
+    scored = y != IGNORE_INDEX
+    assert torch.allclose(model(x, logits_at=scored), model(x)[scored], atol=1e-6)
+    full = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
+                                             reduction="sum")
+    assert torch.allclose(sft_loss(model, (x, y, seg))[0], full, rtol=1e-6)
 
 
 def test_packed_examples_do_not_see_each_other():

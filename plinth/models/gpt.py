@@ -251,17 +251,21 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0,
-                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+                segment_ids: torch.Tensor | None = None, logits_at: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T', vocab) in fp32 for token ids (B, T); T' = T, or the last `logits_to_keep` positions.
 
         Decoding asks for the last position only, so the vocabulary projection (the largest matmul of a small model)
-        runs on one row per sequence instead of all T. See `Decoder.forward` for `cache`, `attention_mask` and
-        `segment_ids` (packed training examples).
+        runs on one row per sequence instead of all T. `logits_at` (B, T) bool instead returns (N, vocab) logits for
+        its N True positions, in row-major order: a loss that scores some positions only (SFT's assistant tokens)
+        then skips the projection, its softmax and their gradients everywhere else. See `Decoder.forward` for
+        `cache`, `attention_mask` and `segment_ids` (packed training examples).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}")
         h = self.model(input_ids, cache=cache, attention_mask_bt=attention_mask, segment_ids=segment_ids)  # (B, T, d)
-        if logits_to_keep:
+        if logits_at is not None:
+            h = h[logits_at]  # (N, d_model)
+        elif logits_to_keep:
             h = h[:, -logits_to_keep:]  # (B, logits_to_keep, d_model)
         # fp32 logits even under bf16 autocast: the softmax/cross-entropy over a large vocabulary needs them.
         return self.lm_head(h).float()

@@ -71,11 +71,16 @@ def collate(examples: list[SFTExample], pad_id: int, packed_len: int = 0) -> tup
 
 def sft_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor,
                                                                                 dict[str, float]]:
-    """Summed cross-entropy over the assistant targets of a batch (x, y, segment_ids) and their count."""
+    """Summed cross-entropy over the assistant targets of a batch (x, y, segment_ids) and their count.
+
+    Logits are computed at the scored positions only (`GPT.forward(logits_at=...)`): the same loss as masking a full
+    (B, T, vocab) tensor, without the vocabulary projection, softmax and gradients at the prompt tokens.
+    """
     x, y, seg = batch
-    logits = model(x, segment_ids=seg if seg.numel() else None)  # (B, T, V)
-    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, (y != IGNORE_INDEX).sum(), {}
+    scored = y != IGNORE_INDEX  # (B, T)
+    logits = model(x, segment_ids=seg if seg.numel() else None, logits_at=scored)  # (N, V)
+    loss = F.cross_entropy(logits, y[scored], reduction="sum")
+    return loss, scored.sum(), {}
 
 
 class SFTBatches:
