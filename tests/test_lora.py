@@ -218,3 +218,27 @@ def test_real_smollm2_lora_sft_merge_export(tmp_path, capsys):
         # the 1e-5 equality is pinned on the tiny model above
         torch.testing.assert_close(merged, want, atol=5e-4, rtol=1e-4)
         torch.testing.assert_close(hf(ids).logits, merged, atol=1e-4, rtol=0)
+
+
+def test_lora_dropout_mask_is_seeded_unbiased_and_its_gradient_is_the_mask():
+    """apply_lora puts Plinth's CPU dropout before each LoRA branch: it keeps 1 - p of the elements, scales them by
+    1/(1-p), passes the gradient through the same mask, draws the same masks after the same torch seed, and is the
+    identity in eval mode."""
+    from plinth.adapt.lora import Dropout
+
+    model = apply_lora(_gpt(), LoraOptions(rank=4, alpha=8.0, dropout=0.25, targets=["q_proj", "v_proj"]))
+    drops = [m for m in model.modules() if isinstance(m, Dropout)]
+    assert len(drops) == 4 and all(d.p == 0.25 for d in drops)  # 2 targets x 2 layers
+    drop = drops[0].train()
+    x = torch.ones(200_000, requires_grad=True)
+    torch.manual_seed(7)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.005
+    assert torch.all(y[kept] == 1 / 0.75) and abs(y.mean().item() - 1.0) < 0.01
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(sum)/dx is the scaled mask itself
+    torch.manual_seed(7)
+    assert torch.equal(drop(x), y)
+    assert not torch.equal(drop(x), y)  # the next draw differs
+    assert drop.eval()(x) is x
