@@ -281,8 +281,8 @@ def test_model_config_from_dict():
 
 
 def test_linear_one_row_product_on_every_thread_equals_nn_linear():
-    """The decode-time split of a one-row product across threads (layers.Linear) gives nn.Linear's values, with and
-    without a bias, for one row in any leading shape; with gradients on it is nn.Linear itself."""
+    """The split of a few-row product across threads (layers.Linear) gives nn.Linear's values, with and without a
+    bias, for any leading shape (300 rows: past the split's limit); with gradients on it is nn.Linear itself."""
     from plinth.models.layers import Linear
 
     threads = torch.get_num_threads()
@@ -291,7 +291,7 @@ def test_linear_one_row_product_on_every_thread_equals_nn_linear():
         torch.manual_seed(0)
         for bias in (False, True):
             layer = Linear(48, 64, bias=bias)
-            for shape in ((48,), (1, 48), (1, 1, 48), (3, 48)):
+            for shape in ((48,), (1, 48), (1, 1, 48), (3, 48), (2, 5, 48), (300, 48)):
                 x = torch.randn(shape)
                 with torch.no_grad():
                     got = layer(x)

@@ -174,26 +174,31 @@ class RotaryEmbedding(nn.Module):
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` (same parameters, names and results) whose one-row products use every CPU thread.
+    """`nn.Linear` (same parameters, names and results) whose products over a few rows use every CPU thread well.
 
-    Decoding one sequence multiplies a single row by each weight matrix: a matrix-vector product bound by reading
-    the weights. MKL runs a (1, in) @ (in, out) product on one thread, which reads memory at about half the rate two
-    cores reach (measured here: 12 vs 21 GB/s, `benchmarks/decode_smollm2.py`). Viewing the weight as `n` blocks of
-    rows (no copy) makes it a batched product of `n` matrix-vector products, which runs one block per thread; each
-    output is still one dot product over the same row, so the values do not change. Used only when not recording
-    gradients, on fp32 CPU tensors, when the rows split evenly; everything else is `nn.Linear.forward`.
+    Decoding multiplies one row per sequence by each weight matrix. MKL runs a (1, in) @ (in, out) fp32 product on one
+    thread (reading weights at ~12 GB/s here, half of what two cores reach) and splits products of a few rows across
+    threads poorly. Viewing the weight as `n` blocks of rows (no copy), one per thread, makes it a batched product
+    that runs each block on its own thread; each output is still one dot product over the same row, so the values do
+    not change. Measured on 2 cores (210 SmolLM2-shaped matrices, `benchmarks/decode_smollm2.py` explains the
+    decode figures): 1.55x faster at 1 row, 1.47x at 8, 1.32x at 16, 1.15-1.2x at 64-256, 0.8x at 1024; so it is used
+    for at most `SPLIT_MAX_ROWS` rows, when not recording gradients, on fp32 CPU tensors whose rows split evenly.
+    Everything else is `nn.Linear.forward`.
     """
+
+    SPLIT_MAX_ROWS = 256
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_features) -> (..., out_features)."""
         w = self.weight
-        if x.numel() == self.in_features and not torch.is_grad_enabled() and w.device.type == "cpu" \
+        rows = x.numel() // self.in_features
+        if rows <= self.SPLIT_MAX_ROWS and not torch.is_grad_enabled() and w.device.type == "cpu" \
                 and w.dtype == torch.float32 and x.dtype == torch.float32:
             n = torch.get_num_threads()
             if n > 1 and self.out_features % n == 0 and w.is_contiguous():
                 blocks = w.view(n, self.out_features // n, self.in_features)  # (n, out/n, in): a view
-                y = torch.matmul(x.reshape(1, self.in_features), blocks.transpose(1, 2))  # (n, 1, out/n)
-                y = y.reshape(*x.shape[:-1], self.out_features)
+                y = torch.matmul(x.reshape(rows, self.in_features), blocks.transpose(1, 2))  # (n, rows, out/n)
+                y = (y if rows == 1 else y.transpose(0, 1)).reshape(*x.shape[:-1], self.out_features)
                 return y if self.bias is None else y + self.bias
         return F.linear(x, w, self.bias)
 
