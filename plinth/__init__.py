@@ -27,6 +27,7 @@ _LAZY = {
     "load": ("plinth.pipelines", "load"),
     "finetune_sft": ("plinth.training.sft", "finetune_sft"),
     "finetune_continue": ("plinth.training.continual", "finetune_continue"),
+    "adapt_online": ("plinth.training.online", "adapt_online"),
     "merge_adapter": ("plinth.pipelines.convert", "merge_adapter"),
     "LanguageModel": ("plinth.pipelines.text", "LanguageModel"),
     "Tokenizer": ("plinth.data.tokenizer", "Tokenizer"),
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from plinth.pipelines.text import LanguageModel  # noqa: F401
     from plinth.training.continual import finetune_continue  # noqa: F401
     from plinth.training.lm import pretrain  # noqa: F401
+    from plinth.training.online import adapt_online  # noqa: F401
     from plinth.training.quickstart import quickstart  # noqa: F401
     from plinth.training.scale import check_prediction as scale_predict  # noqa: F401
     from plinth.training.scale import sweep as scale_sweep  # noqa: F401

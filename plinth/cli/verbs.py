@@ -22,6 +22,7 @@ from plinth.config import (
     GenerateConfig,
     ImportConfig,
     LangtestTasksConfig,
+    OnlineConfig,
     PrepareConfig,
     PretrainConfig,
     QuickstartConfig,
@@ -90,6 +91,15 @@ def finetune_continue(cfg: ContinueConfig) -> int:
     summary = run(cfg)
     print_json(summary)
     print(f"report: {Path(cfg.run.out_dir) / 'report.md'}")
+    return _exit_code(summary)
+
+
+def adapt_online(cfg: OnlineConfig) -> int:
+    """Online adaptation: watch for new documents, apply bounded updates, roll back those that hurt the anchor."""
+    from plinth.training.online import adapt_online as run
+
+    summary = run(cfg)
+    print_json(summary)
     return _exit_code(summary)
 
 
