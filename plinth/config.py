@@ -647,7 +647,8 @@ class OnlineConfig:
                          "validation split of the model's own training data")
     replay_data: str = _f("", "token shards of the original data to replay (default: those of the model's run)")
     lr: float = _f(1e-4, "learning rate of every update (constant: updates never end)", gt=0.0)
-    steps_per_update: int = _f(2, "optimizer steps per update", min=1, max=1000)
+    steps_per_update: int = _f(2, "optimizer steps per update at most: each trains the next rows of the documents read "
+                                  "(a long document spans several updates)", min=1, max=1000)
     batch_size: int = _f(4, "rows per step", min=1)
     seq_len: int = _f(0, "tokens per row (0 = the model's context, at most 256)", min=0)
     grad_clip: float = _f(1.0, "clip each step's gradient norm to this (0 = off)", min=0.0)

@@ -41,7 +41,8 @@ def base(tiny_data, tmp_path_factory):
 
 def _args(model, watch, out, *extra):
     return ["adapt", "online", str(model), "--watch", str(watch), "--out", str(out), "--poll_seconds", "0.05",
-            "--device", "cpu", "--anchor_tokens", "512", "--lr", "1e-3", *extra]
+            "--device", "cpu", "--anchor_tokens", "512", "--lr", "1e-3", "--batch_size", "8", "--steps_per_update", "8",
+            *extra]
 
 
 def _append(path, rows):
@@ -63,7 +64,8 @@ def test_a_normal_update_is_kept_and_one_that_hurts_the_anchor_is_rolled_back_bi
     feed = tmp_path / "feed.jsonl"
     _append(feed, [{"text": _doc(i)} for i in range(3)])
     out = tmp_path / "run"
-    assert main(_args(base, feed, out, "--max_updates", "1", "--max_param_change", "0.05")) == 0
+    assert main(_args(base, feed, out, "--max_updates", "1", "--max_param_change", "0.05", "--steps_per_update",
+                      "20")) == 0  # 20 steps of 2 new rows: the 33 rows of the 3 documents in one update
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["updates"], summary["kept"], summary["rolled_back"], summary["documents"]) == (1, 1, 0, 3)
     first = _metrics(out)[-1]
@@ -75,7 +77,7 @@ def test_a_normal_update_is_kept_and_one_that_hurts_the_anchor_is_rolled_back_bi
 
     # garbage at a high rate: the anchor loss jumps, the update is undone, weights equal the kept ones bit for bit
     _append(feed, [{"text": "zq#x@ " * 40}, {"text": "~~{}|\\ 9" * 30}])
-    assert main(_args(base, feed, out, "--max_updates", "2", "--lr", "0.05", "--steps_per_update", "4")) == 0
+    assert main(_args(base, feed, out, "--max_updates", "2", "--lr", "0.05", "--steps_per_update", "8")) == 0
     row = _metrics(out)[-1]
     assert row["update"] == 2 and not row["kept"] and row["anchor_regression"] > 0.02
     assert row["docs"] == ["feed.jsonl:4", "feed.jsonl:5"]  # consumed (and rejected), not retried
@@ -150,7 +152,7 @@ def test_a_watched_folder_takes_each_dropped_file_once_and_skips_what_it_cannot_
     assert rows[0]["skipped_docs"] == {"not a .txt/.md file": 1}
     (inbox / "d3.txt").write_text(_doc(3))
     assert main(args) == 0  # resumed: only the new file
-    assert [r["docs"] for r in _metrics(out) if "docs" in r][-1] == ["d3.txt"]
+    assert [r["docs"] for r in _metrics(out) if r.get("docs")][-1] == ["d3.txt"]
     import plinth
 
     lm = plinth.load(out, device="cpu")  # each checkpoint is a model folder
@@ -187,8 +189,9 @@ def test_bad_input_is_one_line_and_writes_nothing(base, tmp_path, capsys):
     _append(feed, [{"text": _doc(1)}, {"nope": 1}, {"messages": [{"role": "user", "content": "x"}]}])
     with open(feed, "a") as f:
         f.write("{not json\n")
-    assert main(_args(base, feed, out, "--max_updates", "1")) == 0
+    assert main(_args(base, feed, out, "--max_updates", "1", "--steps_per_update", "10")) == 0
     row = _metrics(out)[-1]
+    assert row["pending_rows"] == 0
     assert row["docs"] == ["feed.jsonl:1"]
     assert row["skipped_docs"] == {"no messages, prompt or instruction field": 1, "no assistant turn": 1,
                                    "not valid JSON": 1}

@@ -226,6 +226,7 @@ class OnlineState:
     anchor_loss: float = float("nan")
     start_anchor_loss: float = float("nan")
     reservoir: list[list[int]] = field(default_factory=list)
+    pending: list[list[int]] = field(default_factory=list)  # rows of read documents not yet trained
     reservoir_seen: int = 0
     elapsed_s: float = 0.0
 
@@ -301,21 +302,26 @@ class OnlineAdapter:
         return score_batches(model, text_windows(self.anchor, self.seq_len, self.cfg.batch_size), None,
                              self.precision)["loss"]
 
+    def _replay_sources(self, state: OnlineState) -> list[str]:
+        return [s for s in ("buffer", "original") if (s == "buffer" and state.reservoir)
+                or (s == "original" and self.original is not None)]
+
+    def new_rows_per_update(self, state: OnlineState) -> int:
+        """How many pending new rows one update trains: `steps_per_update` batches of the non-replay rows."""
+        n_replay = round(self.cfg.batch_size * self.cfg.replay_ratio) if self._replay_sources(state) else 0
+        return self.cfg.steps_per_update * max(self.cfg.batch_size - n_replay, 1)
+
     def _batches(self, new_rows: list[list[int]], state: OnlineState) -> list:
-        """The update's batches: new rows in order (cycled), and a `replay_ratio` share of each batch's rows drawn
-        from the replay buffer and the original shards (alternately when both exist)."""
+        """The update's batches: the new rows in order, and a `replay_ratio` share of each batch's rows drawn from
+        the replay buffer and the original shards (alternately when both exist)."""
         cfg, bs = self.cfg, self.cfg.batch_size
-        sources = [s for s in ("buffer", "original") if (s == "buffer" and state.reservoir)
-                   or (s == "original" and self.original is not None)]
+        sources = self._replay_sources(state)
         n_replay = round(bs * cfg.replay_ratio) if sources else 0
-        n_new = bs - n_replay
-        batches, k = [], 0
-        for step in range(cfg.steps_per_update):
+        n_new = max(bs - n_replay, 1)
+        batches = []
+        for step in range(math.ceil(len(new_rows) / n_new)):
             rng = np.random.default_rng([cfg.seed, state.updates, step])
-            rows = []
-            for _ in range(n_new):
-                rows.append(new_rows[k % len(new_rows)])
-                k += 1
+            rows = new_rows[step * n_new:(step + 1) * n_new]
             for j in range(n_replay):
                 if sources[j % len(sources)] == "buffer":
                     rows.append(state.reservoir[int(rng.integers(0, len(state.reservoir)))])
@@ -392,28 +398,34 @@ def _loop(ad: OnlineAdapter, out: Path) -> dict[str, Any]:
             if cfg.max_updates and state.updates >= cfg.max_updates:
                 status = f"stopped after {state.updates} updates (--max_updates)"
                 break
-            docs, cursor, skipped = ad.inbox.read(state.cursor, cfg.max_docs)
-            rows = [r for d in docs for r in doc_rows(d, lm, ad.seq_len)]
-            if not rows:
-                if cursor != state.cursor:  # only skipped or empty input: move past it (checkpointed)
-                    state.cursor, state.commits = cursor, state.commits + 1
-                    log.log(state.commits, update=state.updates, skipped_docs=skipped)
-                    _checkpoint(out, state, model, optimizer, cfg, assets, elapsed_before, session)
+            docs, skipped = [], {}
+            if not state.pending:  # new input is read once the rows of the last documents are all trained
+                docs, cursor, skipped = ad.inbox.read(state.cursor, cfg.max_docs)
+                state.pending = [r for d in docs for r in doc_rows(d, lm, ad.seq_len)]
+                if not state.pending:
+                    if cursor != state.cursor:  # only skipped or empty input: move past it (checkpointed)
+                        state.cursor, state.commits = cursor, state.commits + 1
+                        log.log(state.commits, update=state.updates, skipped_docs=skipped)
+                        _checkpoint(out, state, model, optimizer, cfg, assets, elapsed_before, session)
+                        continue
+                    if cfg.idle_exit and time.monotonic() - idle_since >= cfg.idle_exit:
+                        status = f"stopped after {cfg.idle_exit:g} s without new input (--idle_exit)"
+                        break
+                    _sleep(cfg.poll_seconds, stop)
                     continue
-                if cfg.idle_exit and time.monotonic() - idle_since >= cfg.idle_exit:
-                    status = f"stopped after {cfg.idle_exit:g} s without new input (--idle_exit)"
-                    break
-                _sleep(cfg.poll_seconds, stop)
-                continue
+                state.cursor = cursor  # checkpointed below together with the pending rows and the update
+                state.docs += len(docs)
             idle_since = time.monotonic()
+            take = ad.new_rows_per_update(state)
+            rows, state.pending = state.pending[:take], state.pending[take:]
             row = _update(ad, model, optimizer, objective, rows, state)
-            state.cursor, state.commits = cursor, state.commits + 1
-            state.docs += len(docs)
+            state.commits += 1
             # logged before the checkpoint: a kill between the two drops the row on resume (it is past the checkpoint)
             log.log(state.commits, update=state.updates, docs=[d.id for d in docs], **row,
-                    **({"skipped_docs": skipped} if skipped else {}))
+                    pending_rows=len(state.pending), **({"skipped_docs": skipped} if skipped else {}))
             _checkpoint(out, state, model, optimizer, cfg, assets, elapsed_before, session)
-            print(f"update {state.updates}: {len(docs)} documents, {row['rows']} rows, train loss "
+            print(f"update {state.updates}: {len(docs)} new documents, {row['rows']} rows ({len(state.pending)} "
+                  f"pending), train loss "
                   f"{row['train_loss']:.3f}, anchor {row['anchor_before']:.4f} -> {row['anchor_after']:.4f} "
                   f"({row['anchor_regression']:+.2%}): {'kept' if row['kept'] else 'ROLLED BACK'}", flush=True)
     log.close()
@@ -434,7 +446,7 @@ def _update(ad: OnlineAdapter, model, optimizer, objective: Objective, rows: lis
     opt_state = copy.deepcopy(optimizer.state_dict())
     objective.batches = _Steps(ad._batches(rows, state))
     losses, norms, units = [], [], 0
-    for _ in range(cfg.steps_per_update):
+    for _ in range(len(objective.batches.batches)):
         r = train_step(model, model, optimizer, objective, 1, ad.device, ad.precision, cfg.grad_clip)
         losses.append(r.loss)
         norms.append(r.grad_norm)
