@@ -660,7 +660,8 @@ class OnlineConfig:
     replay_ratio: float = _f(0.5, "share of each step's rows drawn from the replay buffer and the original data",
                              min=0.0, lt=1.0)
     replay_size: int = _f(256, "replay buffer capacity in rows (reservoir sampling over kept updates)", min=0)
-    max_docs: int = _f(16, "documents per update at most (more wait for the next one)", min=1)
+    max_docs: int = _f(16, "documents read at a time at most; their rows are trained over the next updates, then "
+                           "more are read", min=1)
     anchor_tokens: int = _f(8192, "anchor tokens scored after each update", min=2)
     poll_seconds: float = _f(1.0, "seconds between looks for new input", gt=0.0)
     max_updates: int = _f(0, "stop after this many updates, kept or rolled back (0 = run until stopped)", min=0)

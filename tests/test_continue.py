@@ -139,6 +139,19 @@ def test_interrupted_continue_resumes_bit_for_bit(base, tmp_path, capsys, monkey
     assert s_ref == s_cut
 
 
+def _shards_of_another_tokenizer(base, root):
+    from plinth.config import PrepareConfig, TokenizeConfig, TokenizerConfig
+    from plinth.data.prepare import prepare
+    from plinth.data.shards import write_shards
+    from plinth.data.tokenizer import train_tokenizer
+
+    prepare(PrepareConfig(inputs=[str(base["new"])], out=str(root / "p"), val_fraction=0.2, progress=False))
+    train_tokenizer(TokenizerConfig(input=str(root / "p"), out=str(root / "tok.json"), kind="bpe", vocab_size=300))
+    write_shards(TokenizeConfig(input=str(root / "p"), tokenizer=str(root / "tok.json"), out=str(root / "s"),
+                                progress=False))
+    return root / "s"
+
+
 def test_replay_without_original_data_and_other_bad_input_are_one_line_errors(base, tiny_data, tmp_path, capsys):
     import plinth
     from plinth.artifacts import TOKENIZER, write_manifest
@@ -150,6 +163,10 @@ def test_replay_without_original_data_and_other_bad_input_are_one_line_errors(ba
     save_model(lm.model, folder)
     lm.tokenizer.save(folder / TOKENIZER)
     write_manifest(folder)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "blank.txt").write_text("   \n")
+    other = _shards_of_another_tokenizer(base, tmp_path / "other")
     cases = [
         (["finetune", "continue", str(folder), "--data", str(base["new"]), "--replay", "0.2"],
          "--replay 0.2 needs the original data"),
@@ -159,6 +176,9 @@ def test_replay_without_original_data_and_other_bad_input_are_one_line_errors(ba
         (["finetune", "continue", str(base["run"]), "--data", str(base["new"]), "--replay", "1"],
          "'replay' must be < 1"),
         (["finetune", "continue", str(base["run"])], "give the new domain with --data"),
+        (["finetune", "continue", str(base["run"]), "--data", str(empty)], "no documents kept"),
+        (["finetune", "continue", str(base["run"]), "--data", str(base["new"]), "--replay_data", str(other)],
+         "written with another tokenizer than the model's"),
     ]
     for argv, needle in cases:
         out = tmp_path / "r"

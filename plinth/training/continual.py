@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -218,15 +219,21 @@ def finetune_continue(cfg: ContinueConfig) -> dict[str, Any]:
     device = pick_device(cfg.system.device)
     precision = resolve_precision(cfg.system.precision, device)
 
-    out.mkdir(parents=True, exist_ok=True)
-    assets = _write_assets(out, lm)
-    tok_path = assets[TOKENIZER]
-    new_root = domain_shards(cfg.data, tok_path, out / "data" / "new", cfg)
-    new_train, new_val = _open_shards(new_root, lm.tokenizer.sha256, seq_len, "new-domain")
-    orig_root = domain_shards(cfg.replay_data, tok_path, out / "data" / "original", cfg) if cfg.replay_data \
-        else original
-    orig_train, orig_val = (_open_shards(orig_root, lm.tokenizer.sha256, seq_len, "original")
-                            if orig_root is not None else (None, None))
+    fresh = not out.exists()
+    try:  # the data is prepared inside the run folder: a failure there leaves no folder behind that was not there
+        out.mkdir(parents=True, exist_ok=True)
+        assets = _write_assets(out, lm)
+        tok_path = assets[TOKENIZER]
+        new_root = domain_shards(cfg.data, tok_path, out / "data" / "new", cfg)
+        new_train, new_val = _open_shards(new_root, lm.tokenizer.sha256, seq_len, "new-domain")
+        orig_root = domain_shards(cfg.replay_data, tok_path, out / "data" / "original", cfg) if cfg.replay_data \
+            else original
+        orig_train, orig_val = (_open_shards(orig_root, lm.tokenizer.sha256, seq_len, "original")
+                                if orig_root is not None else (None, None))
+    except PlinthError:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if orig_root is None:
         warn(f"{cfg.model}: no original data (a model folder or an imported model): forgetting is not measured; "
              "pass --replay_data to name the original domain")
