@@ -76,10 +76,12 @@ def test_a_normal_update_is_kept_and_one_that_hurts_the_anchor_is_rolled_back_bi
     assert 0 < change <= 0.05 * 1.001 and first["weight_change"] > 0.05  # the cap bound the step it would have taken
 
     # garbage at a high rate: the anchor loss jumps, the update is undone, weights equal the kept ones bit for bit
-    _append(feed, [{"text": "zq#x@ " * 40}, {"text": "~~{}|\\ 9" * 30}])
-    assert main(_args(base, feed, out, "--max_updates", "2", "--lr", "0.05", "--steps_per_update", "8")) == 0
+    _append(feed, [{"text": "zq#x@ " * 120}, {"text": "~~{}|\\ 9" * 90}])
+    assert main(_args(base, feed, out, "--max_updates", "2", "--lr", "0.1", "--steps_per_update", "2")) == 0
     row = _metrics(out)[-1]
     assert row["update"] == 2 and not row["kept"] and row["anchor_regression"] > 0.02
+    # the rest of the rejected document (feed.jsonl:4) is dropped; the next document's rows wait for their update
+    assert row["rows"] == 8 and row["dropped_rows"] > 0 and row["pending_rows"] > 0
     assert row["docs"] == ["feed.jsonl:4", "feed.jsonl:5"]  # consumed (and rejected), not retried
     after = _weights(list_checkpoints(out)[-1])
     assert after.keys() == kept.keys() and all(torch.equal(after[k], kept[k]) for k in kept)

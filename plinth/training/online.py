@@ -6,9 +6,10 @@ clipping, AdamW of `training.optim`) on the new documents mixed with replayed ro
 kept updates, and windows of the original training data). Its weight change can be capped in L2 norm. Then the anchor
 loss is measured: above `(1 + max_anchor_regression)` times the loss before the update (or `(1 +
 max_total_regression)` times the loss at the start, which bounds the drift of many small updates), the weights and the
-optimizer state are restored from a snapshot taken before it (bit for bit) and the documents are marked rejected. Why
-this is not `train(...)`: a run of `train` has a fixed length and schedule and never undoes a step; here there is no
-end, the learning rate is constant, and an accepted step depends on a measurement after it (docs/decisions.md).
+optimizer state are restored from a snapshot taken before it (bit for bit) and the documents are rejected: rows of
+theirs still pending are dropped. Why this is not `train(...)`: a run of `train` has a fixed length and schedule and
+never undoes a step; here there is no end, the learning rate is constant, and an accepted step depends on a
+measurement after it (docs/decisions.md).
 
 Every update, kept or not, is logged to metrics.jsonl and followed by an atomic checkpoint holding the weights, the
 optimizer, the replay buffer and the input cursor (the folder's consumed file names, or the JSONL file's byte offset
@@ -227,6 +228,7 @@ class OnlineState:
     start_anchor_loss: float = float("nan")
     reservoir: list[list[int]] = field(default_factory=list)
     pending: list[list[int]] = field(default_factory=list)  # rows of read documents not yet trained
+    pending_docs: list[str] = field(default_factory=list)  # the document id of each pending row
     reservoir_seen: int = 0
     elapsed_s: float = 0.0
 
@@ -401,7 +403,8 @@ def _loop(ad: OnlineAdapter, out: Path) -> dict[str, Any]:
             docs, skipped = [], {}
             if not state.pending:  # new input is read once the rows of the last documents are all trained
                 docs, cursor, skipped = ad.inbox.read(state.cursor, cfg.max_docs)
-                state.pending = [r for d in docs for r in doc_rows(d, lm, ad.seq_len)]
+                split = [(d.id, r) for d in docs for r in doc_rows(d, lm, ad.seq_len)]
+                state.pending, state.pending_docs = [r for _, r in split], [i for i, _ in split]
                 if not state.pending:
                     if cursor != state.cursor:  # only skipped or empty input: move past it (checkpointed)
                         state.cursor, state.commits = cursor, state.commits + 1
@@ -418,7 +421,14 @@ def _loop(ad: OnlineAdapter, out: Path) -> dict[str, Any]:
             idle_since = time.monotonic()
             take = ad.new_rows_per_update(state)
             rows, state.pending = state.pending[:take], state.pending[take:]
+            from_docs, state.pending_docs = state.pending_docs[:take], state.pending_docs[take:]
             row = _update(ad, model, optimizer, objective, rows, state)
+            if not row["kept"]:  # the rest of a rejected document is not trained either
+                rejected = set(from_docs)
+                keep = [i for i, d in enumerate(state.pending_docs) if d not in rejected]
+                row["dropped_rows"] = len(state.pending) - len(keep)
+                state.pending = [state.pending[i] for i in keep]
+                state.pending_docs = [state.pending_docs[i] for i in keep]
             state.commits += 1
             # logged before the checkpoint: a kill between the two drops the row on resume (it is past the checkpoint)
             log.log(state.commits, update=state.updates, docs=[d.id for d in docs], **row,
