@@ -5,7 +5,7 @@ Built-in families are registered here, one line each; see docs/architecture.md f
 
 from typing import Any
 
-from plinth.models import bert, captioner, clip, cnn, vit
+from plinth.models import bert, captioner, clip, cnn, textclf, vit
 from plinth.models.cache import KVCache
 from plinth.models.generate import generate, generate_tokens, sample_next_token
 from plinth.models.gpt import GPT, GPTConfig, config_flops_per_token, config_params
@@ -27,6 +27,8 @@ register(Family("gpt", GPTConfig, GPT, GPT_PRESETS, "decoder-only transformer, L
 register(Family("cnn", cnn.CNNConfig, cnn.CNN, cnn.PRESETS, "ResNet image classifier (HF ResNet layout)"))
 register(Family("vit", vit.ViTConfig, vit.ViT, vit.PRESETS, "vision transformer (HF CLIP vision tower layout)"))
 register(Family("bert", bert.BertConfig, bert.Bert, bert.PRESETS, "BERT encoder (HF BertModel layout; MiniLM)"))
+register(Family("text_classifier", textclf.TextClassifierConfig, textclf.TextClassifier, textclf.PRESETS,
+                "a pretrained gpt or bert backbone + a linear head on pooled features (text classification)"))
 register(Family("clip", clip.CLIPConfig, clip.CLIP, clip.PRESETS, "image and text towers in one embedding space, "
                                                                   "learned temperature (HF CLIPModel layout)"))
 register(Family("captioner", captioner.CaptionerConfig, captioner.Captioner, captioner.PRESETS,
