@@ -27,12 +27,12 @@ register(Family("gpt", GPTConfig, GPT, GPT_PRESETS, "decoder-only transformer, L
 register(Family("cnn", cnn.CNNConfig, cnn.CNN, cnn.PRESETS, "ResNet image classifier (HF ResNet layout)"))
 register(Family("vit", vit.ViTConfig, vit.ViT, vit.PRESETS, "vision transformer (HF CLIP vision tower layout)"))
 register(Family("bert", bert.BertConfig, bert.Bert, bert.PRESETS, "BERT encoder (HF BertModel layout; MiniLM)"))
-register(Family("text_classifier", textclf.TextClassifierConfig, textclf.TextClassifier, textclf.PRESETS,
-                "a pretrained gpt or bert backbone + a linear head on pooled features (text classification)"))
 register(Family("clip", clip.CLIPConfig, clip.CLIP, clip.PRESETS, "image and text towers in one embedding space, "
                                                                   "learned temperature (HF CLIPModel layout)"))
 register(Family("captioner", captioner.CaptionerConfig, captioner.Captioner, captioner.PRESETS,
                 "ViT encoder -> projected prefix -> GPT decoder (captions, visual question answering)"))
+register(Family("text_classifier", textclf.TextClassifierConfig, textclf.TextClassifier, textclf.PRESETS,
+                "a pretrained gpt or bert backbone + a linear head on pooled features (text classification)"))
 
 
 def preset(name: str, **overrides: Any):
