@@ -221,6 +221,20 @@ def test_bert_backbone_mean_pooled_frozen_but_head(tmp_path, capsys):
     assert plinth.load(out, device="cpu").classify(["dog cat", "blue"]) == ["animal", "colour"]
 
 
+def test_an_imported_hf_llama_folder_is_a_backbone(tiny, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from tests.gguf_builders import train_tokenizer
+    from tests.test_hf import make_hf_folder
+
+    make_hf_folder(tmp_path / "hf", train_tokenizer("gpt2", vocab_size=300), "llama", {})
+    out = tmp_path / "run"
+    assert main(["finetune", "classify", str(tmp_path / "hf"), "--data", str(tiny["data"]), "--run.out_dir", str(out),
+                 "--run.max_steps", "2", "--freeze", "first:1", "--no-run.progress", "--system.device", "cpu",
+                 "--system.compile", "off"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pooling"] == "last" and summary["steps"] == 2 and 0 <= summary["val_accuracy"] <= 1
+
+
 def test_interrupted_classify_run_resumes_bit_for_bit(tiny, tmp_path, capsys, monkeypatch):
     """SIGTERM during step 4 of 7; the run checkpoints and exits 143; rerun, it resumes: the same losses and final
     weights as one uninterrupted run."""
