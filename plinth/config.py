@@ -679,7 +679,8 @@ class AdaptCompareConfig:
     full_lr: float = _f(5e-5, "learning rate of full fine-tuning", gt=0.0)
     lora_rank: int = _f(8, "LoRA rank", min=1)
     out: str = _f("runs/compare", "folder for the runs, the table (compare.md, compare.json) and the plot")
-    system: SystemConfig = field(default_factory=SystemConfig)
+    # compile off: `auto` would compile some methods and not others, and the compile time would enter wall times
+    system: SystemConfig = field(default_factory=lambda: SystemConfig(compile="off"))
 
     def check(self) -> None:
         """Known method names, at least one."""

@@ -196,6 +196,7 @@ def prepare_classify(cfg: ClassifyTextConfig) -> tuple[Backbone, LabelledData, T
     backbone = load_backbone(cfg.model, cfg.max_len)
     backbone.encoding.classes = data.classes
     model = build_classifier(backbone, len(data.classes), cfg.system.seed)
+    backbone.tensors = {}  # copied into the model: drop the loaded language model's weights (one copy in memory)
     trainable = adapt_model(model, cfg)
     return backbone, data, model, trainable
 
@@ -246,6 +247,7 @@ def finetune_classify(cfg: ClassifyTextConfig) -> dict[str, Any]:
     objective = Objective("classify", classify_loss, batches, evaluate,
                           units_in=lambda b: int(b[1].sum()), unit="tok")
     n_total, n_train = count_parameters(model), count_parameters(model, trainable_only=True)
+    pooling = model.config.pooling
     how = (f"LoRA rank {cfg.lora.rank} + head" if cfg.lora.rank else f"freeze {cfg.freeze}")
     print(f"finetune classify: {len(data.train)} training / {len(data.val)} held-out texts, {len(data.classes)} "
           f"classes ({', '.join(data.classes[:6])}{', ...' if len(data.classes) > 6 else ''}); {model.config.pooling}-"
@@ -256,9 +258,10 @@ def finetune_classify(cfg: ClassifyTextConfig) -> dict[str, Any]:
     paths = {} if cfg.data.startswith("builtin:") else {"data": Path(cfg.data).resolve()}
     spec = RunSpec(cfg.optim, cfg.run, cfg.system, config=to_dict(cfg), assets=assets, paths=paths)
     summary = train(model, objective, spec)
+    del model, objective  # the final report scores the checkpoint as `plinth.load` reads it: one copy in memory
     summary.update({"trainable_parameters": n_train, "total_parameters": n_total,
                     "trainable_share": n_train / n_total, "freeze": cfg.freeze, "lora_rank": cfg.lora.rank,
-                    "pooling": model.config.pooling, "backbone": backbone.name, **data.report()})
+                    "pooling": pooling, "backbone": backbone.name, **data.report()})
     summary.update(_final_report(out, data, summary, cfg))
     atomic_write_json(out / "summary.json", summary)
     return summary
