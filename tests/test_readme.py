@@ -52,7 +52,7 @@ TINY = {
     "scale predict": ["--no-progress"],
     "finetune classify": ["--run.max_steps", "2", "--max_rows", "16", "--max_len", "32", "--no-run.progress",
                           "--system.compile", "off"],
-    "adapt compare": ["--methods", "few_shot,head", "--steps", "2", "--max_rows", "16", "--max_val", "8",
+    "adapt compare": ["--methods", "head", "--steps", "2", "--max_rows", "16", "--max_val", "8",
                       "--max_len", "32", "--prompt_chars", "60", "--system.compile", "off"],
     "finetune sft": ["--run.max_steps", "2", "--optim.batch_size", "2", "--samples", "1", "--sample_tokens", "4",
                      "--no-run.progress", "--max_len", "256", "--val_fraction", "0.02", "--system.compile", "off"],
