@@ -202,7 +202,8 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     rows = [r for r in summary["results"] if "skipped" not in r]
     if not rows:
         return
-    names = [LABELS[r["method"]].replace(" + ", "\n+ ").replace(" prompt", "\nprompt") for r in rows]
+    names = [LABELS[r["method"]].replace(" + ", "\n+ ").replace(" prompt", "\nprompt")
+             .replace(" backbone", "\nbackbone") for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     panels = (("accuracy", "held-out accuracy"), ("wall_s", "wall time (s)"), ("peak_rss_mb", "peak RSS (MB)"))
     for ax, (key, title) in zip(axes, panels):
