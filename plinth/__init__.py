@@ -28,6 +28,9 @@ _LAZY = {
     "finetune_sft": ("plinth.training.sft", "finetune_sft"),
     "finetune_continue": ("plinth.training.continual", "finetune_continue"),
     "adapt_online": ("plinth.training.online", "adapt_online"),
+    "finetune_classify": ("plinth.training.textclf", "finetune_classify"),
+    "adapt_compare": ("plinth.training.compare", "compare"),
+    "TextClassifierPipeline": ("plinth.pipelines.classifier", "TextClassifierPipeline"),
     "merge_adapter": ("plinth.pipelines.convert", "merge_adapter"),
     "LanguageModel": ("plinth.pipelines.text", "LanguageModel"),
     "Tokenizer": ("plinth.data.tokenizer", "Tokenizer"),
@@ -52,15 +55,18 @@ if TYPE_CHECKING:
     from plinth.data.shards import write_shards as tokenize  # noqa: F401
     from plinth.data.tokenizer import Tokenizer, train_tokenizer  # noqa: F401
     from plinth.pipelines import load  # noqa: F401
+    from plinth.pipelines.classifier import TextClassifierPipeline  # noqa: F401
     from plinth.pipelines.convert import merge_adapter  # noqa: F401
     from plinth.pipelines.text import LanguageModel  # noqa: F401
     from plinth.training.continual import finetune_continue  # noqa: F401
+    from plinth.training.compare import compare as adapt_compare  # noqa: F401
     from plinth.training.lm import pretrain  # noqa: F401
     from plinth.training.online import adapt_online  # noqa: F401
     from plinth.training.quickstart import quickstart  # noqa: F401
     from plinth.training.scale import check_prediction as scale_predict  # noqa: F401
     from plinth.training.scale import sweep as scale_sweep  # noqa: F401
     from plinth.training.sft import finetune_sft  # noqa: F401
+    from plinth.training.textclf import finetune_classify  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

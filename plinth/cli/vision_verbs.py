@@ -87,8 +87,16 @@ def classifier_train(cfg: ClassifierTrainConfig) -> int:
 def classify(cfg: ClassifyConfig) -> int:
     """Label images with a trained classifier, or score it on a prepared set's split."""
     from plinth.evaluate.vision import classifier_accuracy
+    from plinth.pipelines import load, vision
+    from plinth.pipelines.classifier import TextClassifierPipeline
 
-    pipe = _load(cfg.model, cfg.device, "classifier")
+    pipe = load(cfg.model, device=cfg.device)
+    if isinstance(pipe, TextClassifierPipeline):
+        from plinth.cli.adapt_verbs import classify_texts
+
+        return classify_texts(pipe, cfg)
+    if not isinstance(pipe, vision.ImageClassifier):
+        raise PlinthError(f"{cfg.model}: holds a {type(pipe).__name__}, not a classifier model")
     pipe.batch_size = cfg.batch_size
     images, files = _inputs(cfg.images, cfg.split)
     if images is not None:

@@ -5,7 +5,7 @@ Built-in families are registered here, one line each; see docs/architecture.md f
 
 from typing import Any
 
-from plinth.models import bert, captioner, clip, cnn, vit
+from plinth.models import bert, captioner, clip, cnn, textclf, vit
 from plinth.models.cache import KVCache
 from plinth.models.generate import generate, generate_tokens, sample_next_token
 from plinth.models.gpt import GPT, GPTConfig, config_flops_per_token, config_params
@@ -31,6 +31,8 @@ register(Family("clip", clip.CLIPConfig, clip.CLIP, clip.PRESETS, "image and tex
                                                                   "learned temperature (HF CLIPModel layout)"))
 register(Family("captioner", captioner.CaptionerConfig, captioner.Captioner, captioner.PRESETS,
                 "ViT encoder -> projected prefix -> GPT decoder (captions, visual question answering)"))
+register(Family("text_classifier", textclf.TextClassifierConfig, textclf.TextClassifier, textclf.PRESETS,
+                "a pretrained gpt or bert backbone + a linear head on pooled features (text classification)"))
 
 
 def preset(name: str, **overrides: Any):

@@ -21,6 +21,7 @@ PIPELINES: dict[str, str] = {
     "vit": "plinth.pipelines.vision:ImageClassifier",
     "clip": "plinth.pipelines.vision:CLIPPipeline",
     "captioner": "plinth.pipelines.vision:CaptionPipeline",
+    "text_classifier": "plinth.pipelines.classifier:TextClassifierPipeline",
 }
 
 
