@@ -58,8 +58,8 @@ if TYPE_CHECKING:
     from plinth.pipelines.classifier import TextClassifierPipeline  # noqa: F401
     from plinth.pipelines.convert import merge_adapter  # noqa: F401
     from plinth.pipelines.text import LanguageModel  # noqa: F401
-    from plinth.training.continual import finetune_continue  # noqa: F401
     from plinth.training.compare import compare as adapt_compare  # noqa: F401
+    from plinth.training.continual import finetune_continue  # noqa: F401
     from plinth.training.lm import pretrain  # noqa: F401
     from plinth.training.online import adapt_online  # noqa: F401
     from plinth.training.quickstart import quickstart  # noqa: F401
