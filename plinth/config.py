@@ -674,6 +674,9 @@ class OnlineConfig:
     precision: str = _f("fp32", "fp32 (default: anchor comparisons exact on every CPU), bf16 or auto",
                         choices=("auto", "fp32", "bf16"))
     seed: int = _f(0, "seed for replay draws", min=0)
+
+
+@dataclass
 class ClassifyTextConfig:
     """Arguments of `plinth finetune classify`: a classification head on a pretrained backbone's pooled features
     (last token for decoders, mean for encoders), with freezing or LoRA."""
