@@ -634,6 +634,7 @@ class ContinueConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/continue", max_steps=500, eval_every=100,
                                                              ckpt_every=100, eval_batches=10))
     system: SystemConfig = field(default_factory=SystemConfig)
+    lora: LoraOptions = field(default_factory=LoraOptions)
     field: str = _f("text", "JSONL / Parquet field holding the text")  # after the sections: it shadows field()
 
 

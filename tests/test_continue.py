@@ -234,3 +234,28 @@ def test_continue_smollm2_on_the_bible_with_replay_of_the_speeches(tmp_path, cap
     table = json.loads((out / "summary.json").read_text())["forgetting"]
     assert set(table) == {"new", "original"}  # 4 steps are too few to promise a direction on a 135 M model
     assert all(0 < row[k] < 5 for row in table.values() for k in ("before_loss", "after_loss", "before_bpb"))
+
+
+def test_lora_continue_trains_adapters_only_and_saves_the_adapter_alone(base, tmp_path, capsys):
+    """--lora.rank: the base weights in the checkpoint are the original ones bit for bit, the adapter is written
+    alone and, loaded onto the base, gives the run's final model's logits."""
+    pytest.importorskip("peft")
+    import plinth
+    from plinth.artifacts import resolve_checkpoint
+
+    out = tmp_path / "lora"
+    assert main(_args(base, out, 6, "--lora.rank", "4", "--lora.alpha", "8", "--lora.targets", "q_proj,v_proj")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["adapter_parameters"] > 0 and summary["adapter_bytes"] > 0
+    assert summary["forgetting"]["new"]["after_loss"] < summary["forgetting"]["new"]["before_loss"]
+    original = plinth.load(base["run"], device="cpu").model.state_dict()
+    trained = plinth.load(out, device="cpu").model  # the last checkpoint: base + adapter layers
+    for name, tensor in trained.state_dict().items():
+        if "lora_" not in name:
+            assert torch.equal(tensor, original[name.replace(".base_layer", "")]), name
+    assert resolve_checkpoint(out).is_dir()
+    with_adapter = plinth.load(base["run"], device="cpu", adapter=out / "adapter").model
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(with_adapter(ids), trained(ids), atol=1e-5)
+        assert not torch.allclose(with_adapter(ids), plinth.load(base["run"], device="cpu").model(ids), atol=1e-4)

@@ -9,6 +9,10 @@ Models") show re-warm + re-decay with a few percent to a quarter of replayed ori
 both sets. Replay here is a share of whole batches, in a fixed interleaving: batch i (0-based) comes from the
 original data when floor((i + 1) * f) > floor(i * f), so any run of 1/f batches holds exactly one replay batch per
 f-share and the proportion is exact, not sampled.
+
+With `--lora.rank R` only LoRA adapters train (through peft, as in `finetune sft`); the base weights stay as they were
+and the adapter is also written alone to `OUT/adapter` (peft's format), to load with `plinth.load(base, adapter=...)`
+or serve per request.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import torch
 
+from plinth.adapt.lora import ADAPTER_CONFIG, apply_lora, base_fingerprint, save_adapter, write_adapter_config
 from plinth.artifacts import RUN_STATE, TOKENIZER, read_json, resolve_stored_path
 from plinth.common import (
     PlinthError,
@@ -32,7 +37,7 @@ from plinth.common import (
     seed_everything,
     warn,
 )
-from plinth.config import ContinueConfig, PrepareConfig, TokenizeConfig, to_dict, validate
+from plinth.config import ContinueConfig, LoraOptions, PrepareConfig, TokenizeConfig, to_dict, validate
 from plinth.data.corpus import BUILTIN
 from plinth.data.prepare import prepare
 from plinth.data.shards import TokenShards, WindowSampler, iter_sequential_batches, write_shards
@@ -176,8 +181,9 @@ def original_data(model: str) -> Path | None:
 # The run
 
 
-def _write_assets(out: Path, lm: LanguageModel) -> dict[str, Path]:
-    """The tokenizer and text settings, written once and copied into every checkpoint (each is a model folder)."""
+def _write_assets(out: Path, lm: LanguageModel, lora: LoraOptions | None = None) -> dict[str, Path]:
+    """The tokenizer and text settings (and with LoRA the adapter's settings), written once and copied into every
+    checkpoint (each is a model folder)."""
     assets = out / "assets"
     assets.mkdir(parents=True, exist_ok=True)
     if not (assets / TOKENIZER).is_file():
@@ -185,7 +191,11 @@ def _write_assets(out: Path, lm: LanguageModel) -> dict[str, Path]:
     names = [TOKENIZER]
     if lm.path is None or (Path(lm.path) / "generation.json").is_file() or lm.settings.chat_template:
         lm.settings.write(assets)
-        names += [p.name for p in assets.iterdir() if p.name != TOKENIZER and not p.name.startswith(".")]
+        names += [p.name for p in assets.iterdir() if p.name not in (TOKENIZER, ADAPTER_CONFIG)
+                  and not p.name.startswith(".")]
+    if lora is not None:
+        write_adapter_config(assets, lora, str(lm.path))
+        names.append(ADAPTER_CONFIG)
     return {name: assets / name for name in names}
 
 
@@ -222,7 +232,7 @@ def finetune_continue(cfg: ContinueConfig) -> dict[str, Any]:
     fresh = not out.exists()
     try:  # the data is prepared inside the run folder: a failure there leaves no folder behind that was not there
         out.mkdir(parents=True, exist_ok=True)
-        assets = _write_assets(out, lm)
+        assets = _write_assets(out, lm, cfg.lora if cfg.lora.rank else None)
         tok_path = assets[TOKENIZER]
         new_root = domain_shards(cfg.data, tok_path, out / "data" / "new", cfg)
         new_train, new_val = _open_shards(new_root, lm.tokenizer.sha256, seq_len, "new-domain")
@@ -240,6 +250,9 @@ def finetune_continue(cfg: ContinueConfig) -> dict[str, Any]:
 
     seed_everything(cfg.system.seed)
     model = lm.model.float().to(device).train()
+    fingerprint = base_fingerprint(model) if cfg.lora.rank else ""
+    if cfg.lora.rank:  # only the adapters train: the base is untouched, the adapter is saved alone at the end
+        apply_lora(model, cfg.lora)
     bs = cfg.optim.batch_size
     batches = ReplayBatches(WindowSampler(new_train, seq_len, bs, cfg.system.seed),
                             WindowSampler(orig_train, seq_len, bs, cfg.system.seed + 1) if orig_train else None,
@@ -264,13 +277,17 @@ def finetune_continue(cfg: ContinueConfig) -> dict[str, Any]:
     spec = RunSpec(cfg.optim, cfg.run, cfg.system, config=to_dict(cfg), assets=assets, paths=paths)
     print(f"finetune continue: {domain_name(cfg.data)} ({new_train.total_tokens:,} training tokens); original: "
           + (f"{orig_root} ({orig_train.total_tokens:,} tokens), replay {cfg.replay:.0%} of batches" if orig_root
-             else "none") + f"; peak lr {cfg.optim.lr:g} re-warmed over {cfg.optim.warmup_steps} steps", flush=True)
+             else "none") + f"; peak lr {cfg.optim.lr:g} re-warmed over {cfg.optim.warmup_steps} steps"
+          + (f"; LoRA rank {cfg.lora.rank} on {','.join(cfg.lora.targets)}" if cfg.lora.rank else ""), flush=True)
     before = _before(out, evaluate, model)
     summary = train(model, objective, spec)
     after = {k.removeprefix("val_"): v for k, v in summary.items() if k.startswith("val_")}
     summary["forgetting"] = forgetting_table(before, after)
     summary.update(domain=domain_name(cfg.data), original_domain=str(orig_root) if orig_root else None,
                    replay=cfg.replay, seq_len=seq_len)
+    if cfg.lora.rank:
+        summary.update(save_adapter(model, out / "adapter", cfg.lora, base=str(cfg.model), fingerprint=fingerprint,
+                                    steps=summary["steps"]))
     atomic_write_json(out / "summary.json", summary)
     plot = plot_forgetting(out, domain_name(cfg.data))
     _write_report(out, cfg, summary, plot)
