@@ -28,8 +28,7 @@ class AdapterSet:
     """The adapters attached to one model, by name (index 0, `None`, is the base), and the current row selection."""
 
     def __init__(self, names: list[str]) -> None:
-        self.names = names
-        self.index: dict[str | None, int] = {None: 0, **{n: i + 1 for i, n in enumerate(names)}}
+        self.names = names  # adapter i + 1 is names[i]; 0 is the base
         self.rows: torch.Tensor | None = None  # (B,) adapter index per batch row; None: every row uses the base
         self.same: int = 0  # when every row uses one adapter: its index (then `rows` is None)
 
