@@ -148,6 +148,63 @@ def test_kv_cache_decode_matches_full_forward():
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("overrides", [{}, {"n_kv_head": 2, "qkv_bias": True, "tie_embeddings": False}])
+def test_decode_fast_path_equals_the_general_forward(monkeypatch, overrides, split):
+    """One-token steps over an unpadded KV cache take `Decoder._decode_one` (module calls unrolled); its logits and
+    the cache it leaves equal the general forward's bit for bit, with grouped-query heads and q/k/v biases too, with
+    and without `Linear`'s per-thread split, and a hook on any block, or a block wrapped in another class, sends
+    decoding back through the modules."""
+    from plinth.models import layers
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setitem(layers._SPLIT_PAYS, 2, split)
+    try:
+        _check_decode_fast_path(monkeypatch, overrides)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_decode_fast_path(monkeypatch, overrides):
+    from plinth.models import gpt
+
+    model = small_model(**overrides)
+    x = tokens(2, 14)
+    taken = []
+    fast, plain_check = gpt.Decoder._decode_one, gpt.Decoder._plain
+    monkeypatch.setattr(gpt.Decoder, "_decode_one", lambda self, *a: taken.append(1) or fast(self, *a))
+
+    def decode(plain: bool):
+        monkeypatch.setattr(gpt.Decoder, "_plain", (lambda self: False) if not plain else plain_check)
+        cache = model.new_cache(2, 16)
+        with torch.inference_mode():
+            out = [model(x[:, :8], cache=cache)] + [model(x[:, t:t + 1], cache=cache) for t in range(8, 14)]
+        return torch.cat(out, dim=1), cache
+
+    fast_logits, fast_cache = decode(True)
+    assert len(taken) == 6
+    slow_logits, slow_cache = decode(False)
+    assert len(taken) == 6  # the general path did not take the shortcut
+    assert torch.equal(fast_logits, slow_logits)
+    assert fast_cache.length == slow_cache.length == 14
+    assert torch.equal(fast_cache.key_mask, slow_cache.key_mask)
+    assert torch.equal(fast_cache.next_pos, slow_cache.next_pos)
+    for a, b in zip(fast_cache.k + fast_cache.v, slow_cache.k + slow_cache.v, strict=True):
+        assert torch.equal(a, b)
+
+    seen = []
+    handle = model.model.layers[1].mlp.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    try:
+        _, cache = decode(True)
+    finally:
+        handle.remove()
+    assert len(taken) == 6 and len(seen) == 7  # the prefill and every step ran the hooked module
+    assert model.model._plain()
+    model.model.layers[0].self_attn.q_proj = torch.nn.Linear(model.config.d_model, model.config.d_model)
+    assert not model.model._plain()  # e.g. a LoRA or quantized wrapper: its own forward must run
+
+
 def test_cache_overflow_raises():
     model = small_model()
     cache = model.new_cache(1, 4)
@@ -283,10 +340,13 @@ def test_model_config_from_dict():
 def test_linear_one_row_product_on_every_thread_equals_nn_linear():
     """The split of a few-row product across threads (layers.Linear) gives nn.Linear's values, with and without a
     bias, for any leading shape (300 rows: past the split's limit); with gradients on it is nn.Linear itself."""
+    from plinth.models import layers
     from plinth.models.layers import Linear
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
+    measured = layers._SPLIT_PAYS.get(2)
+    layers._SPLIT_PAYS[2] = True  # the split path, whatever this machine's measurement chose
     try:
         torch.manual_seed(0)
         for bias in (False, True):
@@ -302,3 +362,8 @@ def test_linear_one_row_product_on_every_thread_equals_nn_linear():
         assert layer.weight.grad is not None
     finally:
         torch.set_num_threads(threads)
+        if measured is None:
+            layers._SPLIT_PAYS.pop(2)
+        else:
+            layers._SPLIT_PAYS[2] = measured
+    assert isinstance(layers.split_pays(2), bool) and layers.split_pays(1) is False

@@ -64,29 +64,36 @@ class KVCache:
         self.batch_size, self.max_len = batch_size, max_len
         self.length = 0  # slots filled, the same for every row
         self.has_padding = False  # any pad slot so far; without one, attention can skip the explicit mask
+        self.decode_plan: tuple | None = None  # (model, plan) kept here by a model's one-token fast path
 
-    def begin(self, attention_mask_bt: torch.Tensor | None, T: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def begin(self, attention_mask_bt: torch.Tensor | None, T: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Record T new slots: return their RoPE positions (B, T) and the attention mask over the cache (or None).
 
-        `attention_mask_bt` (B, T) is True for real tokens (None = all real). Raises PlinthError if the batch size
-        differs or the new tokens do not fit.
+        `attention_mask_bt` (B, T) is True for real tokens (None = all real). Positions are None when no slot so far
+        is padding: every row then continues at the same position, `length`, and the model takes RoPE rows
+        [length, length + T) of its table as they are (the common decode step costs three small ops here instead of
+        ten). Raises PlinthError if the batch size differs or the new tokens do not fit.
         """
         start = self.length
         if start + T > self.max_len:
             raise PlinthError(f"KV cache holds {self.max_len} tokens per row; cannot add {T} after {start}")
         real = attention_mask_bt
-        if real is None:
-            real = torch.ones(self.batch_size, T, dtype=torch.bool, device=self.key_mask.device)
-        else:
+        if real is not None:
             if real.shape != (self.batch_size, T):
                 raise PlinthError(f"KV cache holds {self.batch_size} rows; got a mask of shape {tuple(real.shape)}")
             if not self.has_padding:
                 self.has_padding = not bool(real.all())  # one host sync per masked call, none per decode step
+        if not self.has_padding:
+            # Every slot so far is real: next_pos == length in every row, so positions are start .. start+T-1.
+            self.key_mask[:, start:start + T] = True
+            self.next_pos += T
+            mask = None if start == 0 or T == 1 else attention_mask(self.key_mask[:, :start + T], start, T)
+            return None, mask  # plain causal prefill, or one new token that may see everything
+        if real is None:
+            real = torch.ones(self.batch_size, T, dtype=torch.bool, device=self.key_mask.device)
         positions = (self.next_pos[:, None] + real.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
         self.key_mask[:, start:start + T] = real
         self.next_pos += real.long().sum(1)
-        if not self.has_padding and (start == 0 or T == 1):
-            return positions, None  # plain causal prefill, or one new token that may see everything
         return positions, attention_mask(self.key_mask[:, :start + T], start, T)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -173,35 +173,77 @@ class RotaryEmbedding(nn.Module):
         return f"head_dim={self.head_dim}, max_len={self.max_len}, theta={self.theta}{scaled}"
 
 
+_SPLIT_PAYS: dict[int, bool] = {}  # thread count -> whether `Linear` splits few-row products on this machine
+
+
+def split_pays(threads: int) -> bool:
+    """Whether splitting a one-row fp32 product into per-thread blocks (`Linear`) beats the BLAS's own product here.
+
+    It depends on the machine's BLAS: MKL on one AMD EPYC ran a (1, in) x (in, out) fp32 product on one thread
+    (splitting was 1.55x faster), while on an Intel Xeon it used both and the split was ~10% slower. So it is
+    measured once per process and thread count: the best of 5 timed products each way over a 64 MiB matrix (bigger
+    than the caches, as real weights are, ~6 ms per each-way pair on 2 cores), alternating, and the split is used
+    only when it is at least 10% faster. The results are equal either way, so the choice changes speed only.
+    """
+    pays = _SPLIT_PAYS.get(threads)
+    if pays is None:
+        if threads < 2:
+            pays = False
+        else:
+            import time
+
+            out, inp = 16384, 1024
+            w, x = torch.ones(out, inp), torch.ones(1, inp)
+            blocks = w.view(threads, out // threads, inp).transpose(1, 2)
+            x3 = x.expand(threads, 1, inp)
+            best = {"blas": float("inf"), "split": float("inf")}
+            with torch.no_grad():
+                for _ in range(5):
+                    for kind in best:
+                        start = time.perf_counter()
+                        F.linear(x, w) if kind == "blas" else torch.bmm(x3, blocks)
+                        best[kind] = min(best[kind], time.perf_counter() - start)
+            pays = best["split"] < 0.9 * best["blas"]
+        _SPLIT_PAYS[threads] = pays
+    return pays
+
+
 class Linear(nn.Linear):
     """`nn.Linear` (same parameters, names and results) whose products over a few rows use every CPU thread well.
 
-    Decoding multiplies one row per sequence by each weight matrix. MKL runs a (1, in) @ (in, out) fp32 product on one
-    thread (reading weights at ~12 GB/s here, half of what two cores reach) and splits products of a few rows across
-    threads poorly. Viewing the weight as `n` blocks of rows (no copy), one per thread, makes it a batched product
-    that runs each block on its own thread; each output is still one dot product over the same row, so the values do
-    not change. Measured on 2 cores (210 SmolLM2-shaped matrices, `benchmarks/decode_smollm2.py` explains the
-    decode figures): 1.55x faster at 1 row, 1.47x at 8, 1.32x at 16, 1.15-1.2x at 64-256, 0.8x at 1024; so it is used
-    for at most `SPLIT_MAX_ROWS` rows, when not recording gradients, on fp32 CPU tensors whose rows split evenly.
+    Decoding multiplies one row per sequence by each weight matrix. Some BLAS builds run a (1, in) @ (in, out) fp32
+    product on one thread (MKL on an AMD EPYC read weights at ~12 GB/s so, half of what two cores reach) and split
+    products of a few rows across threads poorly. Viewing the weight as `n` blocks of rows (no copy), one per
+    thread, makes it a batched product that runs each block on its own thread; each output is still one dot product
+    over the same row, so the values do not change. Measured there on 2 cores (210 SmolLM2-shaped matrices,
+    `benchmarks/decode_smollm2.py` explains the decode figures): 1.55x faster at 1 row, 1.47x at 8, 1.32x at 16,
+    1.15-1.2x at 64-256, 0.8x at 1024; so it is used for at most `SPLIT_MAX_ROWS` rows, when not recording
+    gradients, on fp32 CPU tensors whose rows split evenly, and only where `split_pays` measured it faster.
     Everything else is `nn.Linear.forward`.
     """
 
     SPLIT_MAX_ROWS = 256
 
+    def splits(self, rows: int, dtype: torch.dtype) -> bool:
+        """Whether a product over `rows` rows of `dtype` input takes the per-thread split (else `F.linear`)."""
+        w = self.weight
+        if rows > self.SPLIT_MAX_ROWS or torch.is_grad_enabled() or w.device.type != "cpu" \
+                or w.dtype != torch.float32 or dtype != torch.float32:
+            return False
+        n = torch.get_num_threads()
+        return n > 1 and self.out_features % n == 0 and w.is_contiguous() and split_pays(n)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_features) -> (..., out_features)."""
-        w = self.weight
         rows = x.numel() // self.in_features
-        if rows <= self.SPLIT_MAX_ROWS and not torch.is_grad_enabled() and w.device.type == "cpu" \
-                and w.dtype == torch.float32 and x.dtype == torch.float32:
+        if self.splits(rows, x.dtype):
             n = torch.get_num_threads()
-            if n > 1 and self.out_features % n == 0 and w.is_contiguous():
-                blocks = w.view(n, self.out_features // n, self.in_features)  # (n, out/n, in): a view
-                x3 = x.reshape(1, rows, self.in_features).expand(n, rows, self.in_features)
-                y = torch.bmm(x3, blocks.transpose(1, 2))  # (n, rows, out/n); bmm: fewer dispatches than matmul
-                y = (y if rows == 1 else y.transpose(0, 1)).reshape(*x.shape[:-1], self.out_features)
-                return y if self.bias is None else y + self.bias
-        return F.linear(x, w, self.bias)
+            blocks = self.weight.view(n, self.out_features // n, self.in_features)  # (n, out/n, in): a view
+            x3 = x.reshape(1, rows, self.in_features).expand(n, rows, self.in_features)
+            y = torch.bmm(x3, blocks.transpose(1, 2))  # (n, rows, out/n); bmm: fewer dispatches than matmul
+            y = (y if rows == 1 else y.transpose(0, 1)).reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, self.weight, self.bias)
 
 
 class SwiGLU(nn.Module):
