@@ -285,16 +285,17 @@ def fineweb_lines_rule(doc: dict, cfg: FineWebLinesConfig) -> str | None:
 
 class LanguageRule:
     """Language identification with py3langid (its model ships inside the wheel; nothing is downloaded).
-    Sets doc["lang"] and doc["lang_score"]; drops documents not in `languages` or below `min_score`."""
+    Sets doc["lang"] and doc["lang_score"]; drops documents not in `languages` or below `min_score`.
+    The model is py3langid's, its features counted with numpy (`plinth.data.langid`: same scores, ~2x faster)."""
 
     _model = None   # loaded once per process (0.5 s)
 
     def __init__(self, cfg: LanguageConfig):
         require("py3langid")
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+        from plinth.data.langid import load_identifier
 
         if LanguageRule._model is None:
-            LanguageRule._model = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+            LanguageRule._model = load_identifier(norm_probs=True)
         self.cfg = cfg
         self.model = LanguageRule._model
         self.langs = set(cfg.languages)
