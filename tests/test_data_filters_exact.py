@@ -205,3 +205,67 @@ def test_chain_counts_bytes_after_the_text_changes():
 def test_no_alpha_regex_is_what_the_docs_say():
     assert F._NO_ALPHA.findall("a 12 b- -- x2 ² _") == ["12", "--", "_"]
     assert re.match(F._LETTER, "²")   # [^\W\d_] counts other numerics such as ² as letters
+
+
+def _c4_reference(doc: dict, cfg) -> str | None:
+    """c4_lines_rule as first written: every line lower-cased, split and searched; every sentence end counted."""
+    text = doc["text"]
+    low = text.lower()
+    if cfg.drop_lorem_ipsum and "lorem ipsum" in low:
+        return "lorem_ipsum"
+    if cfg.drop_curly_bracket and "{" in text:
+        return "curly_bracket"
+    kept, removed = [], 0
+    for line in text.split("\n"):
+        ll, words = line.lower(), line.split()
+        if ((cfg.remove_no_terminal_punct and not line.rstrip().endswith(F._TERMINAL))
+                or len(words) < cfg.min_words_per_line
+                or (cfg.max_word_length and len(line) > cfg.max_word_length
+                    and max(map(len, words), default=0) > cfg.max_word_length)
+                or (cfg.remove_javascript_lines and "javascript" in ll)
+                or (cfg.remove_policy_lines and F._POLICY_RE.search(ll))):
+            removed += 1
+            continue
+        kept.append(line)
+    doc["text"] = "\n".join(kept)
+    doc["_lines_removed"] = removed
+    return "too_few_sentences" if len(F._SENTENCE_END.findall(doc["text"])) < cfg.min_sentences else None
+
+
+@pytest.mark.parametrize("overrides", [{}, {"min_words_per_line": 0, "max_word_length": 12, "min_sentences": 2},
+                                       {"min_words_per_line": 6, "remove_no_terminal_punct": False}])
+def test_c4_lines_equals_the_plain_rule(overrides):
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG.c4_lines, **overrides)
+    r = random.Random(5)
+    pieces = ARTICLE.split(". ") + ["Enable JavaScript to continue.", "Read our PRIVACY POLICY now.",
+                                    "ΟΔΟΣ ΣΤΑΣΙΣ ends here.", "İstanbul uses cookies here.", "a b", "x",
+                                    "Supercalifragilisticexpialidocious words here.", "Why? Yes! No.", ""]
+    outcomes = Counter()
+    for _ in range(400):
+        text = "\n".join(r.choice(pieces) + r.choice(["", ".", " ", "!"]) for _ in range(r.randint(1, 12)))
+        a, b = {"text": text}, {"text": text}
+        got = F.c4_lines_rule(a, cfg)
+        assert got == _c4_reference(b, cfg) and a["text"] == b["text"]
+        assert a.get("_lines_removed", 0) == b["_lines_removed"]
+        outcomes[got] += 1
+    assert len(outcomes) >= 2
+
+
+@pytest.mark.parametrize("stop_words", [["the", "be", "to", "of", "and", "that", "have", "with"],
+                                        ["The", "a b", "", "ÉTÉ", "of"], ["x y"]])
+def test_stop_word_count_equals_the_plain_count(stop_words):
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG.gopher_quality, stop_words=stop_words, min_stop_words=3, min_alpha_words_ratio=0.0,
+                              max_symbol_word_ratio=100.0, min_mean_word_length=0.0, max_mean_word_length=1e9,
+                              max_bullet_lines_ratio=1.0, max_ellipsis_lines_ratio=1.0)   # only stop words decide
+    stop = {w.lower() for w in stop_words}
+    r = random.Random(6)
+    vocab = ARTICLE.split() + ["THE", "The", "été", "ÉTÉ", "a", "b", "x", "y", "of", "OF,", "the."]
+    for _ in range(400):
+        text = " ".join(r.choice(vocab) for _ in range(r.randint(1, 30)))
+        words = text.translate(F._STRIP_TABLE).split()
+        plain = sum(map(stop.__contains__, " ".join(words).lower().split())) < 3
+        assert F.gopher_quality_rule({"text": text}, cfg) == ("stop_words" if plain else None)

@@ -9,6 +9,8 @@ examples. Thresholds and definitions follow the papers; where datatrove's implem
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -156,11 +158,22 @@ def gopher_quality_rule(doc: dict, cfg: GopherQualityConfig) -> str | None:
     no_alpha = len(raw) - _tokens_with_letter(text)   # len(_NO_ALPHA.findall(text))
     if 1.0 - no_alpha / len(raw) < cfg.min_alpha_words_ratio:
         return "alpha_words"
-    stop = {w.lower() for w in cfg.stop_words}
-    # the lower-cased words: lower() never makes or removes whitespace, so this is [w.lower() for w in words]
-    if sum(map(stop.__contains__, stripped.lower().split())) < cfg.min_stop_words:
+    # Stop words among the lower-cased words, found in the lower-cased stripped text (lower() never makes or removes
+    # whitespace, so its tokens are the words lower-cased) and counted only up to what the rule needs.
+    found = _stop_word_re(tuple(cfg.stop_words)).finditer(stripped.lower())
+    if sum(1 for _ in itertools.islice(found, cfg.min_stop_words)) < cfg.min_stop_words:
         return "stop_words"
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def _stop_word_re(stop_words: tuple[str, ...]) -> re.Pattern:
+    """A whole whitespace-separated token equal to a lower-cased stop word. Stop words holding whitespace (or empty)
+    can never equal a token, so they are left out."""
+    words = sorted({w.lower() for w in stop_words if w and not any(c.isspace() for c in w.lower())})
+    if not words:
+        return re.compile(r"(?!)")   # matches nothing
+    return re.compile(r"(?<!\S)(?:" + "|".join(map(re.escape, words)) + r")(?!\S)")
 
 
 def _word_ids(words: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -318,17 +331,20 @@ def c4_lines_rule(doc: dict, cfg: C4LinesConfig) -> str | None:
         return "lorem_ipsum"
     if cfg.drop_curly_bracket and "{" in text:
         return "curly_bracket"
+    # An ASCII phrase in a line's lower() is in the text's lower() too (lower() maps each character alone, but for
+    # final sigma, which no phrase holds), so a document without one skips lower-casing and searching every line.
+    js = cfg.remove_javascript_lines and "javascript" in low
+    policy = cfg.remove_policy_lines and _POLICY_RE.search(low) is not None
+    k = cfg.min_words_per_line
     kept = []
     removed = 0
     for line in text.split("\n"):
-        ll = line.lower()
-        words = line.split()
         if ((cfg.remove_no_terminal_punct and not line.rstrip().endswith(_TERMINAL))
-                or len(words) < cfg.min_words_per_line
+                or len(line.split(None, k)) < k          # fewer than k words (at most k+1 pieces are made)
                 or (cfg.max_word_length and len(line) > cfg.max_word_length
-                    and max(map(len, words), default=0) > cfg.max_word_length)
-                or (cfg.remove_javascript_lines and "javascript" in ll)
-                or (cfg.remove_policy_lines and _POLICY_RE.search(ll))):
+                    and max(map(len, line.split()), default=0) > cfg.max_word_length)
+                or (js and "javascript" in line.lower())
+                or (policy and _POLICY_RE.search(line.lower()))):
             removed += 1
             continue
         kept.append(line)
@@ -336,7 +352,8 @@ def c4_lines_rule(doc: dict, cfg: C4LinesConfig) -> str | None:
     doc["text"] = new
     doc.setdefault("_lines_removed", 0)
     doc["_lines_removed"] += removed
-    if len(_SENTENCE_END.findall(new)) < cfg.min_sentences:
+    # at least min_sentences sentence ends: stop looking once they are found
+    if sum(1 for _ in itertools.islice(_SENTENCE_END.finditer(new), cfg.min_sentences)) < cfg.min_sentences:
         return "too_few_sentences"
     return None
 
