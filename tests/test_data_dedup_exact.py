@@ -57,6 +57,20 @@ def test_signatures_equal_datasketch_minhash(unit, hash_name):
         assert sig.dtype == np.uint32 and np.array_equal(sig, m.hashvalues.astype(np.uint32))
 
 
+@pytest.mark.parametrize("num_perm,seed", [(128, 1), (16, 0), (256, 12345)])
+def test_permutations_equal_datasketch(num_perm, seed):
+    from datasketch import MinHash
+    from datasketch.hashfunc import sha1_hash32
+
+    from plinth.data.dedup import _sha1_hash32
+
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+    mh = MinHasher(num_perm=num_perm, seed=seed)
+    assert mh._a.dtype == np.uint32 and np.array_equal(mh._a, a) and np.array_equal(mh._b, b)
+    for data in (b"", b"a", "日本".encode(), bytes(range(256))):
+        assert _sha1_hash32(data) == sha1_hash32(data)
+
+
 def test_empty_hashes_give_datasketch_initial_values():
     from datasketch import MinHash
 

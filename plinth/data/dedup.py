@@ -1,6 +1,7 @@
 """Deduplication across the whole corpus: exact (hash of normalised text) then near-duplicate (MinHash + LSH).
 
-Signatures come from datasketch's MinHash. Candidate pairs come from LSH banding: `bands` bands of `rows` rows, so
+Signatures are datasketch's MinHash (scheme affine32), computed with numpy from the same permutations (the tests
+check them against datasketch). Candidate pairs come from LSH banding: `bands` bands of `rows` rows, so
 a pair with Jaccard similarity s becomes a candidate with probability 1 - (1 - s**rows)**bands. Candidates are then
 *verified*: a document is removed only if its estimated Jaccard similarity to the document that is kept reaches
 `threshold`. Clusters are stars around a kept document, built greedily in priority order inside each connected
@@ -26,7 +27,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from plinth.config import DedupConfig, PlinthError
-from plinth.data.web import require
 
 __all__ = ["normalize_text", "exact_key", "shingles", "MinHasher", "band_hash", "band_hashes", "s_curve",
            "DedupResult", "deduplicate", "dedup_documents"]
@@ -91,10 +91,26 @@ def word_shingle_hashes(norm: str, size: int, hashfunc=zlib.crc32) -> np.ndarray
 _FMIX32 = (16, np.uint32(0x85EBCA6B), 13, np.uint32(0xC2B2AE35), 16)   # MurmurHash3's 32-bit finalizer
 
 
+def _affine32_permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) of datasketch 2's affine32 scheme, drawn as `MinHash(num_perm, seed, scheme="affine32")` draws them:
+    odd multipliers a and offsets b from `np.random.RandomState(seed)`. Drawn here so that a worker need not import
+    datasketch, whose package import pulls in scipy.integrate for its LSH classes (0.55 s per process, before any
+    document is read); the tests check both arrays against datasketch's."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+def _sha1_hash32(data: bytes) -> int:
+    """datasketch.hashfunc.sha1_hash32: the first 4 bytes of the SHA-1 digest, little-endian."""
+    return int.from_bytes(hashlib.sha1(data).digest()[:4], "little")
+
+
 class MinHasher:
     """MinHash signatures (uint32, `num_perm` values) exactly as datasketch's `MinHash` (scheme affine32) computes
-    them, with its permutations (drawn once per seed). Word shingles are hashed by `word_shingle_hashes` (crc32 or
-    SHA-1 of each word, combined per shingle), character shingles by crc32 or SHA-1 of the shingle itself.
+    them. Word shingles are hashed by `word_shingle_hashes` (crc32 or SHA-1 of each word, combined per shingle),
+    character shingles by crc32 or SHA-1 of the shingle itself.
 
     The affine32 arithmetic (`_min_affine`) is done here in numpy rather than through a `MinHash` object per
     document: datasketch turns the hashes into a Python list and back, which was 40% of the signature time. The tests
@@ -102,20 +118,15 @@ class MinHasher:
 
     def __init__(self, num_perm: int = 128, seed: int = 1, shingle_size: int = 5, shingle_unit: str = "word",
                  hash: str = "crc32"):
-        require("datasketch")
-        from datasketch import MinHash
-        from datasketch.hashfunc import sha1_hash32
-
         if hash not in ("crc32", "sha1"):
             raise PlinthError(f"dedup.hash: unknown hash {hash!r} (use crc32 or sha1)")
         if shingle_unit not in ("word", "char"):
             raise PlinthError(f"dedup.shingle_unit: unknown unit {shingle_unit!r} (use word or char)")
-        self._hashfunc = zlib.crc32 if hash == "crc32" else sha1_hash32
+        self._hashfunc = zlib.crc32 if hash == "crc32" else _sha1_hash32
         self.num_perm, self.seed = num_perm, seed
         self.shingle_size, self.shingle_unit = shingle_size, shingle_unit
         # The scheme is pinned: datasketch 2.0 changed its default, and signatures of two schemes do not compare.
-        a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
-        self._a, self._b = np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32)
+        self._a, self._b = _affine32_permutations(num_perm, seed)
 
     @classmethod
     def from_config(cls, cfg: DedupConfig) -> MinHasher:

@@ -189,7 +189,7 @@ def check_fingerprint(cfg: DataPipelineConfig) -> Path:
 
 
 _STATE: dict = {}
-_PRELOAD = ["plinth.data.pipeline", "plinth.data.tokenizer", "datasketch", "py3langid.langid", "fastwarc.warc",
+_PRELOAD = ["plinth.data.pipeline", "plinth.data.tokenizer", "py3langid.langid", "fastwarc.warc",
             "resiliparse.extract.html2text"]
 
 
