@@ -16,7 +16,7 @@ from plinth.data.dedup import MinHasher, normalize_text, shingles, word_shingle_
 from tests.web_helpers import ARTICLE  # noqa: E402
 
 _CHARS = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_" + ".,;:!?\"'()[]{}#-*&%$@/\\^`|~+=<>" +
-          " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x7f\x00" + "éÉßİﬁ²½\u0301\u2019\u00a0日本😀")
+          " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x7f\x00" + "éÉßİﬁ²½\u0301\u2019\u00a0日本😀\u2028\u3000«»—\ud800")
 
 
 def _texts(n: int, seed: int = 0, ascii_only: bool = False) -> list[str]:

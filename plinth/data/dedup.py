@@ -34,18 +34,24 @@ __all__ = ["normalize_text", "exact_key", "shingles", "MinHasher", "band_hash", 
 _NON_WORD = re.compile(r"[^\w\s]+", re.UNICODE)
 # ASCII characters that are neither word characters nor whitespace (as `_NON_WORD` sees them) -> a space
 _ASCII_PUNCT_TO_SPACE = bytes(i if i >= 128 or re.match(r"[\w\s]", chr(i)) else ord(" ") for i in range(256))
+_NON_ASCII_NON_WORD = re.compile(r"[^\x00-\x7f\w\s]")
 KEPT, EXACT, NEAR = 0, 1, 2
 
 
 def normalize_text(text: str) -> str:
-    """NFKC, case-folded, punctuation removed, whitespace collapsed: what 'the same text' means for dedup."""
-    if text.isascii():
-        # The same string ~8x faster: NFKC leaves ASCII alone, casefold() is lower(), and punctuation becomes
-        # spaces one character at a time with bytes.translate (split() then collapses the runs the regex merges).
-        text = text.encode("ascii").translate(_ASCII_PUNCT_TO_SPACE).decode("ascii").lower()
-        return " ".join(text.split())
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_NON_WORD.sub(" ", text).split())
+    """NFKC, case-folded, punctuation removed, whitespace collapsed: what 'the same text' means for dedup.
+
+    Punctuation (`_NON_WORD`) becomes spaces one character at a time, which split() then collapses as the regex's runs
+    would be: ASCII characters by one bytes.translate over the UTF-8 bytes (bytes >= 128 pass unchanged), the rarer
+    non-ASCII ones by a regex. The same string as the regex over the whole text, in a quarter of the time."""
+    if text.isascii():   # NFKC leaves ASCII alone and casefold() is lower()
+        text = text.lower()
+    else:
+        text = unicodedata.normalize("NFKC", text).casefold()
+    text = text.encode("utf-8", "surrogatepass").translate(_ASCII_PUNCT_TO_SPACE).decode("utf-8", "surrogatepass")
+    if not text.isascii():
+        text = _NON_ASCII_NON_WORD.sub(" ", text)
+    return " ".join(text.split())
 
 
 def exact_key(text: str, norm: str | None = None) -> bytes:
