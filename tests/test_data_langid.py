@@ -118,3 +118,16 @@ def test_automaton_is_aho_corasick_no_deeper_than_window():
     expected[0] = 0                                            # the root's failure is itself
     expected[parent[1:], byte[1:]] = np.arange(1, n)           # the child, where there is one
     assert np.array_equal(delta, expected)
+
+
+def test_restricted_languages_match_and_reset():
+    """set_languages() swaps py3langid's table; the float32 row cache follows it."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    ref = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    fast = load_identifier(norm_probs=True)
+    for langs in (["en", "de", "fr"], ["ja", "zh"], None):
+        ref.set_languages(langs)
+        fast.set_languages(langs)
+        for text in TEXTS[:80]:
+            assert fast.classify(text) == ref.classify(text)

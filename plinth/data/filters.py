@@ -102,16 +102,21 @@ def _words(text: str) -> list[str]:
     return _strip_punct(text).split()
 
 
-_SPLIT: list = [None, []]   # [text, text.split()] of the last text split
+_LAST_SPLIT: tuple[str | None, list[str]] = (None, [])   # (text, text.split()) of the last text split
 
 
 def _split(text: str) -> list[str]:
     """text.split(), remembered for the last text: the length, repetition, quality and FineWeb rules all need the
     words of the same document (~40 us each). The list is shared: callers must not change it. A text edited by
-    c4_lines is a new string object, so it is split anew."""
-    if _SPLIT[0] is not text:
-        _SPLIT[0], _SPLIT[1] = text, text.split()
-    return _SPLIT[1]
+    c4_lines is a new string object, so it is split anew. (One tuple, replaced whole: threads never see one text's
+    words paired with another text.)"""
+    global _LAST_SPLIT
+    last = _LAST_SPLIT
+    if last[0] is text:
+        return last[1]
+    words = text.split()
+    _LAST_SPLIT = (text, words)
+    return words
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -40,14 +40,14 @@ def _identifier_class():
     class _Fast(LanguageIdentifier):
         """py3langid's LanguageIdentifier with `_raw_score` computed as described in the module docstring."""
 
-        __slots__ = ("_nm", "_rowbase_np", "_out_np", "_table32", "_converted", "_table_src", "_fast")
+        __slots__ = ("_nm", "_rowbase_np", "_out_np", "_rows_cache", "_fast")
 
         def _prepare(self) -> None:
             self._nm = np.frombuffer(self.tk_nextmove, dtype=np.uint32) if self.tk_nextmove.itemsize == 4 \
                 else np.asarray(self.tk_nextmove, dtype=np.int64)
             self._rowbase_np = np.asarray(self.tk_row, dtype=np.int64) << 8   # as py3langid's `_rowbase`
             self._out_np = np.asarray(self.tk_output, dtype=np.int64)
-            self._table_src = None
+            self._rows_cache = (None, None, None)
             self._fast = True
             self._fast = all(np.array_equal(self._raw_score(e), LanguageIdentifier._raw_score(self, e))
                              for e in map(self._encode, _SELF_CHECK))
@@ -76,16 +76,19 @@ def _identifier_class():
 
         def _rows32(self, idx: np.ndarray) -> np.ndarray:
             """float32 rows `idx` of the float16 table `nb_ptc`, converted once each (calloc'd: untouched rows
-            cost no memory)."""
-            if self._table_src is not self.nb_ptc:   # first use, or set_languages() swapped the table
-                self._table_src = self.nb_ptc
-                self._table32 = np.zeros(self.nb_ptc.shape, dtype=np.float32)
-                self._converted = np.zeros(len(self.nb_ptc), dtype=bool)
-            new = idx[~self._converted[idx]]
+            cost no memory). The cache is one tuple, replaced whole, and a row is flagged only after it is written,
+            so concurrent callers at worst convert a row twice."""
+            src, table32, converted = self._rows_cache
+            if src is not self.nb_ptc:   # first use, or set_languages() swapped the table
+                src = self.nb_ptc
+                table32 = np.zeros(src.shape, dtype=np.float32)
+                converted = np.zeros(len(src), dtype=bool)
+                self._rows_cache = (src, table32, converted)
+            new = idx[~converted[idx]]
             if len(new):
-                self._table32[new] = self.nb_ptc[new]
-                self._converted[new] = True
-            return self._table32[idx]
+                table32[new] = src[new]
+                converted[new] = True
+            return table32[idx]
 
         def _raw_score(self, text):
             if not self._fast:
