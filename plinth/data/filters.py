@@ -9,6 +9,8 @@ examples. Thresholds and definitions follow the papers; where datatrove's implem
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -45,16 +47,76 @@ _STRIP = ".,;:!?\"'()[]{}\u201c\u201d\u2018\u2019"
 
 
 _STRIP_TABLE = str.maketrans("", "", _STRIP)
-# A whitespace-separated token without a single letter (digits, symbols): rare, so counting them is cheap.
+_STRIP_RE = re.compile("[" + re.escape(_STRIP) + "]")
+_STRIP_ASCII = "".join(c for c in _STRIP if c.isascii()).encode("ascii")
+# A whitespace-separated token without a single letter (digits, symbols). The definition; `_tokens_with_letter`
+# counts the complement faster.
 _NO_ALPHA = re.compile(r"(?<!\S)(?:(?![^\W\d_])\S)+(?!\S)")
+_LETTER = re.compile(r"[^\W\d_]")
+_SPACE = re.compile(r"\s")          # as str.split() sees whitespace (both use Py_UNICODE_ISSPACE)
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _POLICY_RE = re.compile("|".join(re.escape(p) for p in _POLICY))
+
+
+def _char_class(c: str) -> str:
+    """'a' for a letter (`[^\\W\\d_]`), ' ' for whitespace (`\\s`), '0' for anything else."""
+    return "a" if _LETTER.match(c) else " " if _SPACE.match(c) else "0"
+
+
+_CLASS_TABLE = bytes(ord(_char_class(chr(i))) if i < 128 else ord("0") for i in range(256))
+_OTHER_BYTES = bytes(i for i in range(128) if _CLASS_TABLE[i] == ord("0"))   # deleted before the mapping
+_CLASS_OF: dict[str, str] = {}
+
+
+def _non_ascii_class(m: re.Match) -> str:
+    c = m.group()
+    k = _CLASS_OF.get(c)
+    if k is None:
+        k = _CLASS_OF[c] = _char_class(c)
+    return k
+
+
+def _tokens_with_letter(text: str) -> int:
+    """Whitespace-separated tokens of `text` holding at least one letter: len(text.split()) minus what `_NO_ALPHA`
+    finds, in a fifth of its time. Each character becomes its class ('a', ' ' or '0'; non-ASCII characters one by one
+    through a regex, ASCII ones by one bytes.translate that also deletes the others); tokens without a letter then
+    vanish and the others are counted by where they start."""
+    if not text.isascii():
+        text = _NON_ASCII.sub(_non_ascii_class, text)
+    letters = text.encode("ascii").translate(_CLASS_TABLE, _OTHER_BYTES)   # bytes.translate deletes first
+    return letters.count(b" a") + letters.startswith(b"a")
+
+
+def _strip_punct(text: str) -> str:
+    """`text` without the `_STRIP` characters: bytes.translate for ASCII text, a regex otherwise. The same string as
+    str.translate, which is ~10x slower on text with any non-ASCII character (a curly quote is enough)."""
+    if text.isascii():
+        return text.encode("ascii").translate(None, _STRIP_ASCII).decode("ascii")
+    return _STRIP_RE.sub("", text)
 
 
 def _words(text: str) -> list[str]:
     """Whitespace-separated words without punctuation (quotes, brackets, .,;:!?); punctuation-only tokens vanish.
     (Removing the characters everywhere rather than stripping them off the ends keeps this one C-level pass; only
     words with inner punctuation such as "don't" differ, by a character.)"""
-    return text.translate(_STRIP_TABLE).split()
+    return _strip_punct(text).split()
+
+
+_LAST_SPLIT: tuple[str | None, list[str]] = (None, [])   # (text, text.split()) of the last text split
+
+
+def _split(text: str) -> list[str]:
+    """text.split(), remembered for the last text: the length, repetition, quality and FineWeb rules all need the
+    words of the same document (~40 us each). The list is shared: callers must not change it. A text edited by
+    c4_lines is a new string object, so it is split anew. (One tuple, replaced whole: threads never see one text's
+    words paired with another text.)"""
+    global _LAST_SPLIT
+    last = _LAST_SPLIT
+    if last[0] is text:
+        return last[1]
+    words = text.split()
+    _LAST_SPLIT = (text, words)
+    return words
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -69,7 +131,7 @@ def length_rule(doc: dict, cfg: LengthFilterConfig) -> str | None:
         return "too_few_chars"
     if n > cfg.max_chars:
         return "too_many_chars"
-    words = len(text.split())
+    words = len(_split(text))
     if words < cfg.min_words:
         return "too_few_words"
     if words > cfg.max_words:
@@ -80,11 +142,12 @@ def length_rule(doc: dict, cfg: LengthFilterConfig) -> str | None:
 def gopher_quality_rule(doc: dict, cfg: GopherQualityConfig) -> str | None:
     """Mean word length, symbol-to-word ratio, bullet and ellipsis lines, alphabetic words, stop words."""
     text = doc["text"]
-    raw = text.split()
-    words = _words(text)
+    raw = _split(text)
+    stripped = _strip_punct(text)
+    words = stripped.split()
     if not words:
         return "no_words"
-    mean = sum(map(len, words)) / len(words)
+    mean = len("".join(words)) / len(words)   # the sum of the word lengths
     if mean < cfg.min_mean_word_length:
         return "mean_word_length_low"
     if mean > cfg.max_mean_word_length:
@@ -97,12 +160,25 @@ def gopher_quality_rule(doc: dict, cfg: GopherQualityConfig) -> str | None:
         return "bullet_lines"
     if sum(line.rstrip().endswith(_ELLIPSIS) for line in lines) / len(lines) > cfg.max_ellipsis_lines_ratio:
         return "ellipsis_lines"
-    if 1.0 - len(_NO_ALPHA.findall(text)) / len(raw) < cfg.min_alpha_words_ratio:
+    no_alpha = len(raw) - _tokens_with_letter(text)   # len(_NO_ALPHA.findall(text))
+    if 1.0 - no_alpha / len(raw) < cfg.min_alpha_words_ratio:
         return "alpha_words"
-    stop = {w.lower() for w in cfg.stop_words}
-    if sum(map(stop.__contains__, " ".join(words).lower().split())) < cfg.min_stop_words:
+    # Stop words among the lower-cased words, found in the lower-cased stripped text (lower() never makes or removes
+    # whitespace, so its tokens are the words lower-cased) and counted only up to what the rule needs.
+    found = _stop_word_re(tuple(cfg.stop_words)).finditer(stripped.lower())
+    if sum(1 for _ in itertools.islice(found, cfg.min_stop_words)) < cfg.min_stop_words:
         return "stop_words"
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def _stop_word_re(stop_words: tuple[str, ...]) -> re.Pattern:
+    """A whole whitespace-separated token equal to a lower-cased stop word. Stop words holding whitespace (or empty)
+    can never equal a token, so they are left out."""
+    words = sorted({w.lower() for w in stop_words if w and not any(c.isspace() for c in w.lower())})
+    if not words:
+        return re.compile(r"(?!)")   # matches nothing
+    return re.compile(r"(?<!\S)(?:" + "|".join(map(re.escape, words)) + r")(?!\S)")
 
 
 def _word_ids(words: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -129,22 +205,23 @@ def _dup_ngram(ids: np.ndarray, lengths: np.ndarray, n: int) -> float:
     if len(ids) < n + 1:
         return 0.0
     h = _ngram_ids(ids, n)
-    _, first = np.unique(h, return_index=True)
-    if len(first) == len(h):
-        return 0.0
-    repeat = np.ones(len(h), dtype=bool)
-    repeat[first] = False
+    s = np.sort(h)
+    if not (s[1:] == s[:-1]).any():        # most documents repeat no n-gram: a plain sort is ~5x cheaper than
+        return 0.0                         # the stable one below
+    order = np.argsort(h, kind="stable")   # equal n-grams stay in text order: the first of each run is the original
+    again = h[order][1:] == h[order][:-1]
+    starts = order[1:][again]              # every occurrence after the first, each position once
     covered = np.zeros(len(ids) + 1, dtype=np.int32)   # difference array: +1 at start, -1 after the n-gram
-    starts = np.nonzero(repeat)[0]
-    np.add.at(covered, starts, 1)
-    np.add.at(covered, starts + n, -1)
+    covered[starts] += 1                   # distinct positions, so plain indexing adds once each (no np.add.at)
+    covered[starts + n] -= 1
     mask = np.cumsum(covered[:-1]) > 0
     return float(lengths[mask].sum() / lengths.sum())
 
 
-def _top_ngram(ids: np.ndarray, lengths: np.ndarray, n: int) -> float:
+def _top_ngram(ids: np.ndarray, lengths: np.ndarray, n: int) -> tuple[float, int]:
+    """(top n-gram character fraction, how often the most frequent n-gram occurs)."""
     if len(ids) < n + 1:
-        return 0.0
+        return 0.0, 0
     h = _ngram_ids(ids, n)
     # A plain sort and run lengths (not np.unique with indices, which needs a stable argsort). Among n-grams tied
     # for most frequent, the one that occurs first in the text counts (as collections.Counter.most_common picks):
@@ -154,11 +231,21 @@ def _top_ngram(ids: np.ndarray, lengths: np.ndarray, n: int) -> float:
     counts = np.diff(np.append(starts, len(s)))
     top = int(counts.max())
     if top < 2:
-        return 0.0
+        return 0.0, top
     tops = s[starts[counts == top]]
     # usually one n-gram is the most frequent: one comparison instead of np.isin's set machinery
     start = int(np.argmax(h == tops[0] if len(tops) == 1 else np.isin(h, tops)))
-    return float(lengths[start:start + n].sum() * top / lengths.sum())
+    return float(lengths[start:start + n].sum() * top / lengths.sum()), top
+
+
+def _top_ngram_bound(cum: np.ndarray, n: int, count: int) -> float:
+    """An upper bound of `_top_ngram(..., n)[0]` when no n-gram occurs more than `count` times (`cum`: the cumulative
+    word lengths): `count` times the most characters any n consecutive words hold. Same integer-over-integer form as
+    the fraction, so the float bound is >= the float fraction, and a bound under a limit proves the fraction is too."""
+    if count < 2 or len(cum) < n + 1:
+        return 0.0
+    widest = max(cum[n - 1], (cum[n:] - cum[:-n]).max())
+    return float(widest * count / cum[-1])
 
 
 def dup_ngram_char_frac(words: list[str], n: int) -> float:
@@ -170,7 +257,7 @@ def dup_ngram_char_frac(words: list[str], n: int) -> float:
 
 def top_ngram_char_frac(words: list[str], n: int) -> float:
     """Characters in all occurrences of the most frequent n-gram, over all word characters (0 if none repeats)."""
-    return _top_ngram(*_word_ids(words), n)
+    return _top_ngram(*_word_ids(words), n)[0]
 
 
 def _dup_fracs(items: list[str]) -> tuple[float, float]:
@@ -214,10 +301,20 @@ def gopher_repetition_rule(doc: dict, cfg: RepetitionConfig) -> str | None:
         return "dup_line_frac"
     if char_frac > cfg.max_dup_line_char_frac:
         return "dup_line_char_frac"
-    ids, lengths = _word_ids(text.split())
+    ids, lengths = _word_ids(_split(text))
     top_limits, limits = _limits(cfg)
+    most = None   # how often the most frequent n-gram of the last size computed occurs
+    cum = None
     for n, limit in top_limits:
-        if _top_ngram(ids, lengths, n) > limit:
+        # A larger n-gram occurs at most as often as its first n-1 words, so `most` bounds every larger size; when
+        # the bound is under the limit the fraction is too and its sort is skipped (2 sizes of 3, usually). This
+        # relies on the n-gram ids not colliding, as the counts themselves do.
+        if most is not None:
+            cum = np.cumsum(lengths) if cum is None else cum
+            if _top_ngram_bound(cum, n, most) <= limit:
+                continue
+        frac, most = _top_ngram(ids, lengths, n)
+        if frac > limit:
             return f"top_{n}gram"
     for i, (n, limit) in enumerate(limits):
         frac = _dup_ngram(ids, lengths, n)
@@ -239,17 +336,20 @@ def c4_lines_rule(doc: dict, cfg: C4LinesConfig) -> str | None:
         return "lorem_ipsum"
     if cfg.drop_curly_bracket and "{" in text:
         return "curly_bracket"
+    # An ASCII phrase in a line's lower() is in the text's lower() too (lower() maps each character alone, but for
+    # final sigma, which no phrase holds), so a document without one skips lower-casing and searching every line.
+    js = cfg.remove_javascript_lines and "javascript" in low
+    policy = cfg.remove_policy_lines and _POLICY_RE.search(low) is not None
+    k = cfg.min_words_per_line
     kept = []
     removed = 0
     for line in text.split("\n"):
-        ll = line.lower()
-        words = line.split()
         if ((cfg.remove_no_terminal_punct and not line.rstrip().endswith(_TERMINAL))
-                or len(words) < cfg.min_words_per_line
+                or len(line.split(None, k)) < k          # fewer than k words (at most k+1 pieces are made)
                 or (cfg.max_word_length and len(line) > cfg.max_word_length
-                    and max(map(len, words), default=0) > cfg.max_word_length)
-                or (cfg.remove_javascript_lines and "javascript" in ll)
-                or (cfg.remove_policy_lines and _POLICY_RE.search(ll))):
+                    and max(map(len, line.split()), default=0) > cfg.max_word_length)
+                or (js and "javascript" in line.lower())
+                or (policy and _POLICY_RE.search(line.lower()))):
             removed += 1
             continue
         kept.append(line)
@@ -257,7 +357,8 @@ def c4_lines_rule(doc: dict, cfg: C4LinesConfig) -> str | None:
     doc["text"] = new
     doc.setdefault("_lines_removed", 0)
     doc["_lines_removed"] += removed
-    if len(_SENTENCE_END.findall(new)) < cfg.min_sentences:
+    # at least min_sentences sentence ends: stop looking once they are found
+    if sum(1 for _ in itertools.islice(_SENTENCE_END.finditer(new), cfg.min_sentences)) < cfg.min_sentences:
         return "too_few_sentences"
     return None
 
@@ -277,7 +378,7 @@ def fineweb_lines_rule(doc: dict, cfg: FineWebLinesConfig) -> str | None:
     # FineWeb divides duplicated-line characters by the characters of all lines joined without newlines.
     if dup_char_frac > cfg.max_dup_line_char_ratio:
         return "dup_line_char_ratio"
-    words = text.split()
+    words = _split(text)
     if text.count("\n") / max(1, len(words)) > cfg.max_newline_word_ratio:
         return "newline_word_ratio"
     return None
@@ -285,16 +386,17 @@ def fineweb_lines_rule(doc: dict, cfg: FineWebLinesConfig) -> str | None:
 
 class LanguageRule:
     """Language identification with py3langid (its model ships inside the wheel; nothing is downloaded).
-    Sets doc["lang"] and doc["lang_score"]; drops documents not in `languages` or below `min_score`."""
+    Sets doc["lang"] and doc["lang_score"]; drops documents not in `languages` or below `min_score`.
+    The model is py3langid's, its features counted with numpy (`plinth.data.langid`: same scores, ~2x faster)."""
 
     _model = None   # loaded once per process (0.5 s)
 
     def __init__(self, cfg: LanguageConfig):
         require("py3langid")
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+        from plinth.data.langid import load_identifier
 
         if LanguageRule._model is None:
-            LanguageRule._model = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+            LanguageRule._model = load_identifier(norm_probs=True)
         self.cfg = cfg
         self.model = LanguageRule._model
         self.langs = set(cfg.languages)
@@ -404,9 +506,12 @@ class FilterChain:
         source = doc.get("source", "")
         per_rule = self.stats.setdefault(source, {name: RuleStats() for name, _, _ in self.rules})
         k = self.cfg.examples_per_rule
+        text = None
         for name, fn, rule_cfg in self.rules:
             st = per_rule[name]
-            nbytes = len(doc["text"].encode("utf-8"))
+            if doc["text"] is not text:   # encoded again only after a rule edits the text (c4_lines)
+                text = doc["text"]
+                nbytes = len(text.encode("utf-8"))
             st.docs_in += 1
             st.bytes_in += nbytes
             reason = fn(doc, rule_cfg)

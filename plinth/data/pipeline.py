@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -188,7 +189,7 @@ def check_fingerprint(cfg: DataPipelineConfig) -> Path:
 
 
 _STATE: dict = {}
-_PRELOAD = ["plinth.data.pipeline", "plinth.data.tokenizer", "datasketch", "py3langid.langid", "fastwarc.warc",
+_PRELOAD = ["plinth.data.pipeline", "plinth.data.tokenizer", "py3langid.langid", "fastwarc.warc",
             "resiliparse.extract.html2text"]
 
 
@@ -524,7 +525,8 @@ def _write_final(tok, batch: list[dict], out: dict, st: dict, langs: Counter) ->
         langs[doc.get("lang", "unknown")] += 1
     out["docs"].write(("\n".join(lines) + "\n").encode("utf-8"))
     counts = np.array([len(ids) for ids in encoded], dtype="<u4")
-    flat = np.fromiter((i for ids in encoded for i in ids), dtype="<u4", count=int(counts.sum()))
+    # chain.from_iterable feeds fromiter from C: half the time of a generator expression
+    flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype="<u4", count=int(counts.sum()))
     out["tokens"].write(flat.tobytes())
     out["ntok"].write(counts.tobytes())
     st["documents"] += len(batch)
