@@ -367,3 +367,38 @@ def test_linear_one_row_product_on_every_thread_equals_nn_linear():
         else:
             layers._SPLIT_PAYS[2] = measured
     assert isinstance(layers.split_pays(2), bool) and layers.split_pays(1) is False
+
+
+def test_models_build_on_meta_without_initialisers_and_loading_does_not_import_dynamo(tmp_path):
+    """`on_meta` builds shapes only, with torch.nn.init's functions as no-ops only while it runs (restored after,
+    even when the constructor raises); loading a saved model in a fresh process never imports torch._dynamo, the
+    ~2 s that meta-device initialisation used to add to every command."""
+    import subprocess
+    import sys
+
+    from plinth.models.registry import on_meta
+
+    normal = torch.nn.init.normal_
+    calls = []
+    torch.nn.init.normal_ = lambda t, *a, **k: calls.append(1) or t
+    try:
+        model = on_meta(GPT, preset("test", vocab_size=VOCAB))
+        assert calls == [] and model.lm_head.weight.is_meta
+        assert torch.nn.init.normal_ is not normal  # our spy is back in place
+
+        class Broken(torch.nn.Module):
+            def __init__(self, config):
+                raise ValueError("bad config")
+
+        with pytest.raises(ValueError, match="bad config"):
+            on_meta(Broken, None)
+        torch.nn.init.normal_(torch.empty(1))
+        assert calls == [1]  # restored after the failure too
+    finally:
+        torch.nn.init.normal_ = normal
+    save_model(small_model(), tmp_path / "m")
+    code = ("import sys, plinth.models as m; model = m.load_model(sys.argv[1]); "
+            "assert 'torch._dynamo' not in sys.modules, 'dynamo imported'; print(model.num_params())")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout) == small_model().num_params()

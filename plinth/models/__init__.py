@@ -19,6 +19,7 @@ from plinth.models.registry import (
     find_preset,
     get_family,
     make_config,
+    on_meta,
     register,
 )
 
@@ -56,16 +57,13 @@ def preset_table(vocab_size: int | None = None) -> list[dict]:
 def other_preset_table() -> list[dict]:
     """One row per preset of the non-GPT families (image, text-encoder, multimodal): its shape in words and its
     parameter count (built on the meta device: nothing is allocated)."""
-    import torch
-
     rows = []
     for fam in families():
         if fam.name == "gpt":
             continue
         for name in fam.presets:
             cfg = preset(name)
-            with torch.device("meta"):
-                n = sum(p.numel() for p in fam.model_class(cfg).parameters())
+            n = sum(p.numel() for p in on_meta(fam.model_class, cfg).parameters())
             shape = {k: v for k, v in vars(cfg).items() if k != "name" and not isinstance(v, (list, dict))}
             keys = ("image_size", "patch_size", "n_layer", "vision_n_layer", "d_model", "vision_d_model",
                     "text_tower", "text_n_layer", "text_d_model", "hidden_sizes", "vocab_size")

@@ -30,6 +30,7 @@ from plinth.config import PlinthError
 from plinth.models.gpt import GPT, GPTConfig
 from plinth.models.hf import gpt_config_from_hf
 from plinth.models.layers import rope_inv_freq
+from plinth.models.registry import on_meta
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 
@@ -129,8 +130,7 @@ def unpermute_rope_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     """HF state-dict name -> shape of every tensor a GPT of `config` stores (a tied lm_head left out)."""
-    with torch.device("meta"):
-        model = GPT(config)
+    model = on_meta(GPT, config)
     skip = {"lm_head.weight"} if config.tie_embeddings else set()
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in skip}
 

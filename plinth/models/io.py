@@ -20,7 +20,7 @@ from plinth.artifacts import FORMAT_VERSION, MODEL_CONFIG, MODEL_WEIGHTS, read_j
 from plinth.common import PlinthError, atomic_write_bytes, atomic_write_json
 from plinth.models.gpt import GPT, GPTConfig
 from plinth.models.hf import gpt_config_from_hf, hf_config_from_gpt
-from plinth.models.registry import config_from_dict, config_to_dict, family_of
+from plinth.models.registry import config_from_dict, config_to_dict, family_of, on_meta
 
 HF_INDEX_FILE = "model.safetensors.index.json"
 
@@ -112,8 +112,7 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) 
 def build_empty(config: Any, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
     """A model of `config`'s family with uninitialised weights on `device` (for loading weights into)."""
     # Built on the meta device: no memory and no random init for weights about to be overwritten.
-    with torch.device("meta"):
-        model = family_of(config).model_class(config)
+    model = on_meta(family_of(config).model_class, config)
     model.to_empty(device=device)  # buffers with no stored values (RoPE tables) recompute themselves in _apply
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # to_empty makes new Parameter objects, which unties them

@@ -8,9 +8,12 @@ class up here. `plinth/models/__init__.py` registers the built-in families; addi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from plinth.config import PlinthError, coerce, field_types, from_dict, suggest
@@ -28,6 +31,36 @@ class Family:
 
 
 _FAMILIES: dict[str, Family] = {}
+
+# Every initialiser in torch.nn.init that modules' constructors and our init_weights call (transformers' list in
+# `no_init_weights`).
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+                   "sparse_")
+
+
+@contextmanager
+def _no_init() -> Iterator[None]:
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
+    try:
+        for name in saved:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def on_meta(model_class: type[nn.Module], config: Any) -> nn.Module:
+    """`model_class(config)` on the meta device (shapes only, no memory) without running weight initialisers.
+
+    Initialising meta tensors does nothing useful and is slow: torch runs meta `normal_` through Python
+    decompositions and, on the first call, imports torch._dynamo (~2 s of every command that loads a model, measured
+    with cProfile on `plinth generate`). So `torch.nn.init`'s functions are no-ops while the model is built, as
+    transformers' `no_init_weights` does. Not thread-safe against another thread initialising weights meanwhile.
+    """
+    with _no_init(), torch.device("meta"):
+        return model_class(config)
 
 
 def register(family: Family) -> Family:
