@@ -194,7 +194,6 @@ class Decoder(nn.Module):
             cache.end(T)
         return self.norm(x)
 
-
     def _plain(self) -> bool:
         """Whether every block is made of this module's own classes with no hooks: not wrapped (LoRA, quantized
         layers), not observed. Only then may `_decode_one` call the blocks' parts directly."""
