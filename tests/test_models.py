@@ -371,8 +371,8 @@ def test_linear_one_row_product_on_every_thread_equals_nn_linear():
 
 def test_models_build_on_meta_without_initialisers_and_loading_does_not_import_dynamo(tmp_path):
     """`on_meta` builds shapes only, with torch.nn.init's functions as no-ops only while it runs (restored after,
-    even when the constructor raises); loading a saved model in a fresh process never imports torch._dynamo, the
-    ~2 s that meta-device initialisation used to add to every command."""
+    even when the constructor raises); loading a saved model in a fresh process imports neither torch._dynamo nor
+    sympy, the ~2.5 s that meta-device initialisation and `to_empty` used to add to every command."""
     import subprocess
     import sys
 
@@ -398,7 +398,8 @@ def test_models_build_on_meta_without_initialisers_and_loading_does_not_import_d
         torch.nn.init.normal_ = normal
     save_model(small_model(), tmp_path / "m")
     code = ("import sys, plinth.models as m; model = m.load_model(sys.argv[1]); "
-            "assert 'torch._dynamo' not in sys.modules, 'dynamo imported'; print(model.num_params())")
+            "assert 'torch._dynamo' not in sys.modules, 'dynamo imported'; "
+            "assert 'sympy' not in sys.modules, 'sympy imported'; print(model.num_params())")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout) == small_model().num_params()

@@ -113,7 +113,10 @@ def build_empty(config: Any, device: torch.device | str = "cpu", dtype: torch.dt
     """A model of `config`'s family with uninitialised weights on `device` (for loading weights into)."""
     # Built on the meta device: no memory and no random init for weights about to be overwritten.
     model = on_meta(family_of(config).model_class, config)
-    model.to_empty(device=device)  # buffers with no stored values (RoPE tables) recompute themselves in _apply
+    # `to_empty`, with `torch.empty` for `empty_like`: empty_like of a meta tensor runs torch's Python reference
+    # implementation, which imports sympy (~0.5 s of every command that loads a model). Buffers with no stored
+    # values (RoPE tables) recompute themselves in _apply.
+    model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # to_empty makes new Parameter objects, which unties them
     return model.to(dtype or torch.float32)
